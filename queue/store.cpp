@@ -1,0 +1,1638 @@
+#include "queue/store.hpp"
+
+#include "queue/detail/lmdb.hpp"
+#include "queue/detail/record.hpp"
+#include "util/bytes.hpp"
+#include "util/checksum.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <fcntl.h>
+#include <future>
+#include <map>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+#include <sys/file.h>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+namespace edgerelay {
+void throw_exception_from_error(const error& e, const boost::source_location& loc) {
+  boost::throw_exception(boost::system::system_error(e.code, e.message), loc);
+}
+} // namespace edgerelay
+
+namespace edgerelay::queue {
+
+using namespace std::chrono_literals;
+using detail::cursor;
+using detail::key64;
+using detail::txn;
+using sys_ec = boost::system::error_code;
+
+bool valid_stream_name(std::string_view s) noexcept {
+  if (s == "_canary") return true;
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-')) return false;
+  return s[0] != '_';
+}
+
+const char* to_string(overflow_policy p) noexcept {
+  switch (p) {
+  case overflow_policy::evict_lru: return "evict_lru";
+  case overflow_policy::reject: return "reject";
+  case overflow_policy::block: return "block";
+  }
+  return "?";
+}
+const char* to_string(sync_mode s) noexcept { return s == sync_mode::full ? "full" : "none"; }
+
+namespace {
+
+constexpr std::uint32_t format_version = 1;
+constexpr std::string_view magic = "edgerelay-store";
+constexpr std::size_t max_read_scan = 65536; // entries examined per read_batch at most
+
+sys_ec lmdb_ec(int rc) {
+  switch (rc) {
+  case MDB_MAP_FULL: return errc::store_full;
+  case MDB_CORRUPTED:
+  case MDB_PAGE_NOTFOUND:
+  case MDB_INVALID: return errc::store_corrupt;
+  case MDB_VERSION_MISMATCH: return errc::store_foreign;
+  case ENOSPC: return sys_ec(ENOSPC, boost::system::system_category());
+  case EFBIG: return sys_ec(EFBIG, boost::system::system_category());
+  default: return errc::store_io;
+  }
+}
+
+std::string describe(int rc) { return detail::lmdb_error(rc); }
+
+struct counters_codec {
+  static std::string encode(const peer_counters& c) {
+    std::string s;
+    util::writer w(s);
+    for (auto v : {c.routed, c.delivered, c.queued, c.queued_bytes, c.deadletter, c.deadletter_bytes, c.evicted,
+                   c.purged, c.attempts})
+      w.u64(v);
+    return s;
+  }
+  static peer_counters decode(std::string_view v) {
+    util::reader r(v);
+    peer_counters c;
+    for (auto* p : {&c.routed, &c.delivered, &c.queued, &c.queued_bytes, &c.deadletter, &c.deadletter_bytes,
+                    &c.evicted, &c.purged, &c.attempts})
+      *p = r.u64();
+    return c;
+  }
+};
+
+struct globals {
+  std::uint64_t gseq = 1;  // next queue key
+  std::uint64_t oseq = 1;  // next origin sequence
+  std::uint64_t dlseq = 1; // next dead-letter key
+  std::uint64_t evseq = 1; // next eviction journal key
+  std::uint64_t accepted = 0, duplicates = 0, rejected = 0;
+  std::uint64_t deadletter_bytes = 0, deadletter_segments = 0;
+  std::string encode() const {
+    std::string s;
+    util::writer w(s);
+    for (auto v : {gseq, oseq, dlseq, evseq, accepted, duplicates, rejected, deadletter_bytes, deadletter_segments})
+      w.u64(v);
+    return s;
+  }
+  static globals decode(std::string_view v) {
+    globals g;
+    util::reader r(v);
+    for (auto* p : {&g.gseq, &g.oseq, &g.dlseq, &g.evseq, &g.accepted, &g.duplicates, &g.rejected,
+                    &g.deadletter_bytes, &g.deadletter_segments})
+      *p = r.u64();
+    return g;
+  }
+};
+
+std::string be32key(std::uint32_t v) {
+  std::string s(4, '\0');
+  util::put_be32(reinterpret_cast<unsigned char*>(s.data()), v);
+  return s;
+}
+
+// Merges sorted `add` into sorted `v`.
+void sorted_insert(std::vector<std::uint64_t>& v, std::vector<std::uint64_t> add) {
+  if (add.empty()) return;
+  std::sort(add.begin(), add.end());
+  auto mid = v.size();
+  v.insert(v.end(), add.begin(), add.end());
+  if (mid && v[mid - 1] > v[mid]) std::inplace_merge(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(mid), v.end());
+}
+// Removes every element of `del` from sorted `v`.
+void sorted_erase(std::vector<std::uint64_t>& v, std::vector<std::uint64_t> del) {
+  if (del.empty() || v.empty()) return;
+  std::sort(del.begin(), del.end());
+  auto out = v.begin();
+  auto d = del.begin();
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    while (d != del.end() && *d < *it) ++d;
+    if (d != del.end() && *d == *it) continue;
+    *out++ = *it;
+  }
+  v.erase(out, v.end());
+}
+
+} // namespace
+
+// Per-peer runtime state. `mu` guards cursor and leased; the writer thread
+// owns dbi creation; counters are mirrored in impl::committed_.
+struct peer_rt {
+  peer_id id = 0;
+  std::string name;
+  MDB_dbi dbi = 0;
+  std::mutex mu;
+  std::uint64_t cursor = 0;            // every key below is leased or gone
+  std::vector<std::uint64_t> leased;   // sorted; also holds keys pinned for eviction
+};
+
+struct request {
+  enum class kind { enqueue, ack, nack, reject, dl_retry, dl_purge, maintenance, add_peer } k;
+  std::vector<segment_in> segs;
+  enqueue_callback on_enqueue;
+  peer_id peer = 0;
+  std::vector<std::uint64_t> keys;
+  std::string error;
+  std::vector<rejected_item> rejects;
+  done_callback on_done;
+  deadletter_selector sel;
+  std::function<void(result<std::uint64_t>)> on_count;
+  std::function<void(result<maintenance_result>)> on_maint;
+  std::string name;
+  std::function<void(result<peer_id>)> on_peer;
+  std::optional<std::chrono::steady_clock::time_point> deadline; // overflow = block
+  // outcome
+  enqueue_result eres;
+  sys_ec ec;
+  std::uint64_t count = 0;
+  maintenance_result mres;
+  peer_id pid = 0;
+  bool parked = false;
+  std::vector<std::uint64_t> unlease; // keys whose lease ends when this commits
+};
+
+struct store::impl {
+  store_options opt;
+  util::clock* clk = nullptr;
+  MDB_env* env = nullptr;
+  int lock_fd = -1;
+  MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0;
+  std::uint64_t map_size = 0, max_map = 0;
+
+  mutable std::shared_mutex map_mu;   // shared by every read txn; exclusive to resize the map
+  mutable std::shared_mutex peers_mu; // guards peers / by_name growth
+  std::vector<std::unique_ptr<peer_rt>> peers; // index = id - 1
+  std::unordered_map<std::string, peer_id> by_name;
+
+  mutable std::mutex stats_mu;        // guards committed, cglob, commits
+  std::vector<peer_counters> committed; // index = id - 1
+  globals cglob;
+  std::uint64_t commits = 0;
+  std::atomic<std::uint64_t> refused_early{0}; // segments refused before reaching the writer
+  commit_observer observer;
+
+  std::mutex q_mu;
+  std::condition_variable q_cv;
+  std::vector<std::unique_ptr<request>> pending;
+  std::vector<std::unique_ptr<request>> parked;
+  bool stopping = false;
+  std::thread writer;
+  std::mt19937_64 rng{std::random_device{}()};
+
+  // Working copies for the transaction in progress (writer thread only).
+  std::vector<peer_counters> work;
+  globals wglob;
+  std::vector<std::pair<peer_rt*, std::uint64_t>> pinned; // eviction victims pinned in this txn
+
+  ~impl() {
+    if (env) mdb_env_close(env);
+    if (lock_fd >= 0) ::close(lock_fd);
+  }
+
+  peer_rt* peer(peer_id id) const {
+    std::shared_lock lk(peers_mu);
+    return id >= 1 && id <= peers.size() ? peers[id - 1].get() : nullptr;
+  }
+
+  std::int64_t now_ms() { return util::to_unix_ms(clk->system_now()); }
+
+  // ---------------------------------------------------------------- writer
+  void submit(std::unique_ptr<request> r) {
+    {
+      std::lock_guard lk(q_mu);
+      if (!stopping) {
+        pending.push_back(std::move(r));
+        q_cv.notify_one();
+        return;
+      }
+    }
+    r->ec = errc::store_closed;
+    r->eres.ec = errc::store_closed;
+    r->eres.message = "the store is closing";
+    complete(*r);
+  }
+
+  void run_writer() {
+    std::vector<std::unique_ptr<request>> group;
+    for (;;) {
+      {
+        std::unique_lock lk(q_mu);
+        // Parked (overflow = block) requests can only fit after another write
+        // frees room, so they are re-tried with new requests or at their deadline.
+        for (;;) {
+          if (parked.empty())
+            q_cv.wait(lk, [&] { return stopping || !pending.empty(); });
+          else
+            q_cv.wait_for(lk, 5ms, [&] { return stopping || !pending.empty(); });
+          if (stopping || !pending.empty()) break;
+          auto now = clk->steady_now();
+          if (std::any_of(parked.begin(), parked.end(), [&](auto& r) { return r->deadline && *r->deadline <= now; }))
+            break;
+        }
+        if (stopping && pending.empty() && parked.empty()) return;
+        group.clear();
+        for (auto& p : parked) group.push_back(std::move(p));
+        parked.clear();
+        for (auto& p : pending) group.push_back(std::move(p));
+        pending.clear();
+      }
+      if (stopping) {
+        for (auto& r : group)
+          if (r->k == request::kind::enqueue && r->deadline) r->deadline = std::chrono::steady_clock::time_point{};
+      }
+      process(group);
+    }
+  }
+
+  // Forgets peers registered by a transaction that did not commit.
+  void rollback_peers(std::size_t keep) {
+    std::unique_lock lk(peers_mu);
+    while (peers.size() > keep) {
+      by_name.erase(peers.back()->name);
+      peers.pop_back();
+    }
+    std::lock_guard sl(stats_mu);
+    committed.resize(keep);
+  }
+
+  void process(std::vector<std::unique_ptr<request>>& group) {
+    bool shed_enqueues = false;
+    const std::size_t peers_before = peers.size();
+    for (;;) {
+      int rc = try_group(group, shed_enqueues);
+      if (rc == MDB_SUCCESS) break;
+      rollback_peers(peers_before);
+      if (rc == MDB_MAP_FULL && !shed_enqueues) {
+        if (grow_map()) continue;
+        shed_enqueues = true; // at the ceiling: fail the enqueues, keep acks and the rest
+        continue;
+      }
+      // A failed commit leaves the committed state as it was: fail every request.
+      sys_ec ec = lmdb_ec(rc);
+      std::string msg = "store commit failed: " + describe(rc);
+      for (auto& r : group) {
+        r->ec = ec;
+        r->eres = {};
+        r->eres.ec = ec;
+        r->eres.message = msg;
+        r->parked = false;
+      }
+      break;
+    }
+    // Leases end and pins drop only now that the outcome is known.
+    for (auto& r : group) {
+      if (r->unlease.empty()) continue;
+      if (peer_rt* p = peer(r->peer)) {
+        std::lock_guard lk(p->mu);
+        sorted_erase(p->leased, std::move(r->unlease));
+      }
+    }
+    unpin_all();
+    std::vector<std::unique_ptr<request>> again;
+    for (auto& r : group) {
+      if (r->parked) {
+        again.push_back(std::move(r));
+        continue;
+      }
+      complete(*r);
+    }
+    if (!again.empty()) {
+      std::lock_guard lk(q_mu);
+      for (auto& r : again) parked.push_back(std::move(r));
+    }
+  }
+
+  void unpin_all() {
+    std::map<peer_rt*, std::vector<std::uint64_t>> by_peer;
+    for (auto& [p, k] : pinned) by_peer[p].push_back(k);
+    pinned.clear();
+    for (auto& [p, keys] : by_peer) {
+      std::lock_guard lk(p->mu);
+      sorted_erase(p->leased, std::move(keys));
+    }
+  }
+
+  bool grow_map() {
+    if (map_size >= max_map) return false;
+    std::uint64_t next = std::min<std::uint64_t>(max_map, map_size * 2);
+    std::unique_lock lk(map_mu);
+    int rc = mdb_env_set_mapsize(env, next);
+    if (rc != MDB_SUCCESS) return false;
+    map_size = next;
+    return true;
+  }
+
+  // Applies the whole group in one write transaction and commits it.
+  int try_group(std::vector<std::unique_ptr<request>>& group, bool shed_enqueues) {
+    auto t0 = std::chrono::steady_clock::now();
+    unpin_all();
+    {
+      std::lock_guard lk(stats_mu);
+      work = committed;
+      wglob = cglob;
+    }
+    txn w;
+    int rc = txn::begin(env, 0, w);
+    if (rc) return rc;
+    for (auto& r : group) {
+      r->parked = false;
+      r->unlease.clear();
+      r->ec = {};
+      if (r->k == request::kind::enqueue && shed_enqueues) {
+        r->eres = {};
+        r->eres.ec = errc::store_full;
+        r->eres.message = "the store's map reached its ceiling of " + std::to_string(max_map) +
+                          " bytes; free space by delivering or purging, or raise the capacity";
+        continue;
+      }
+      rc = apply(w, *r);
+      if (rc) return rc;
+    }
+    // Persist the counters of this transaction.
+    for (std::size_t i = 0; i < work.size(); ++i) {
+      if (i < committed.size() && std::memcmp(&work[i], &committed[i], sizeof(peer_counters)) == 0) continue;
+      rc = w.put(counters_db, be32key(static_cast<std::uint32_t>(i + 1)), counters_codec::encode(work[i]));
+      if (rc) return rc;
+    }
+    rc = w.put(meta, "globals", wglob.encode());
+    if (rc) return rc;
+    rc = w.commit();
+    if (rc) return rc;
+    {
+      std::lock_guard lk(stats_mu);
+      committed = work;
+      cglob = wglob;
+      ++commits;
+    }
+    if (observer)
+      observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), group.size());
+    return MDB_SUCCESS;
+  }
+
+  int apply(txn& w, request& r) {
+    switch (r.k) {
+    case request::kind::enqueue: return apply_enqueue(w, r);
+    case request::kind::ack: return apply_ack(w, r);
+    case request::kind::nack: return apply_nack(w, r);
+    case request::kind::reject: return apply_reject(w, r);
+    case request::kind::dl_retry: return apply_dl(w, r, true);
+    case request::kind::dl_purge: return apply_dl(w, r, false);
+    case request::kind::maintenance: return apply_maintenance(w, r);
+    case request::kind::add_peer: return apply_add_peer(w, r);
+    }
+    return MDB_SUCCESS;
+  }
+
+  void complete(request& r) {
+    switch (r.k) {
+    case request::kind::enqueue:
+      if (r.on_enqueue) r.on_enqueue(std::move(r.eres));
+      break;
+    case request::kind::ack:
+    case request::kind::nack:
+    case request::kind::reject:
+      if (r.on_done) r.on_done(r.ec);
+      break;
+    case request::kind::dl_retry:
+    case request::kind::dl_purge:
+      if (r.on_count) {
+        if (r.ec) r.on_count(r.ec);
+        else r.on_count(r.count);
+      }
+      break;
+    case request::kind::maintenance:
+      if (r.on_maint) {
+        if (r.ec) r.on_maint(r.ec);
+        else r.on_maint(r.mres);
+      }
+      break;
+    case request::kind::add_peer:
+      if (r.on_peer) {
+        if (r.ec) r.on_peer(r.ec);
+        else r.on_peer(r.pid);
+      }
+      break;
+    }
+  }
+
+  std::uint64_t queued_bytes_total() const {
+    std::uint64_t s = 0;
+    for (auto& c : work) s += c.queued_bytes;
+    return s;
+  }
+
+  // Chooses and deletes least-recently-used unleased segments until `need`
+  // more bytes fit. Deletes nothing when that is impossible (returns false).
+  int make_room(txn& w, std::uint64_t need, bool& ok) {
+    ok = true;
+    std::uint64_t used = queued_bytes_total();
+    if (used + need <= opt.max_bytes) return MDB_SUCCESS;
+    ok = false;
+    if (opt.overflow != overflow_policy::evict_lru || need > opt.max_bytes) return MDB_SUCCESS;
+    std::uint64_t to_free = used + need - opt.max_bytes;
+
+    struct head {
+      peer_rt* p;
+      cursor c;
+      std::uint64_t key = 0;
+      std::vector<std::uint64_t> leased;
+      std::size_t li = 0;
+      bool valid = false;
+    };
+    std::vector<head> heads;
+    {
+      std::shared_lock lk(peers_mu);
+      for (auto& p : peers) {
+        head h;
+        h.p = p.get();
+        {
+          std::lock_guard pl(p->mu);
+          h.key = p->cursor;
+          h.leased = p->leased;
+        }
+        int rc = cursor::open(w, p->dbi, h.c);
+        if (rc) return rc;
+        heads.push_back(std::move(h));
+      }
+    }
+    auto seek = [&](head& h, MDB_cursor_op op) -> int {
+      std::string k = key64(h.key);
+      std::string_view kv = k, vv;
+      int rc = h.c.get(kv, vv, op);
+      for (;;) {
+        if (rc == MDB_NOTFOUND) {
+          h.valid = false;
+          return MDB_SUCCESS;
+        }
+        if (rc) return rc;
+        h.key = key64(kv);
+        while (h.li < h.leased.size() && h.leased[h.li] < h.key) ++h.li;
+        if (h.li < h.leased.size() && h.leased[h.li] == h.key) {
+          rc = h.c.get(kv, vv, MDB_NEXT);
+          continue;
+        }
+        h.valid = true;
+        return MDB_SUCCESS;
+      }
+    };
+    for (auto& h : heads) {
+      int rc = seek(h, MDB_SET_RANGE);
+      if (rc) return rc;
+    }
+    struct victim {
+      head* h;
+      std::uint64_t key;
+      std::uint64_t bytes;
+    };
+    std::vector<victim> victims;
+    std::uint64_t freed = 0;
+    while (freed < to_free) {
+      head* best = nullptr;
+      for (auto& h : heads)
+        if (h.valid && (!best || h.key < best->key)) best = &h;
+      if (!best) return MDB_SUCCESS; // everything left is leased: cannot make room
+      std::string_view kv, vv;
+      int rc = best->c.get(kv, vv, MDB_GET_CURRENT);
+      if (rc) return rc;
+      victims.push_back({best, best->key, vv.size()});
+      freed += vv.size();
+      rc = seek(*best, MDB_NEXT);
+      if (rc) return rc;
+    }
+    // Pin the victims so no reader leases them before this transaction commits.
+    for (auto& v : victims) {
+      std::lock_guard pl(v.h->p->mu);
+      sorted_insert(v.h->p->leased, {v.key});
+      pinned.emplace_back(v.h->p, v.key);
+    }
+    std::int64_t now = now_ms();
+    for (auto& v : victims) {
+      std::string k = key64(v.key);
+      std::string_view val;
+      int rc = w.get(v.h->p->dbi, k, val);
+      if (rc) return rc;
+      auto rec = detail::decode_record(val);
+      std::string jv;
+      {
+        util::writer jw(jv);
+        jw.u32(v.h->p->id);
+        jw.u64(static_cast<std::uint64_t>(now));
+        jw.u64(rec ? rec->payload.size() : 0);
+        std::string_view id = rec ? rec->id : std::string_view{}, st = rec ? rec->stream : std::string_view{};
+        jw.u8(static_cast<std::uint8_t>(id.size()));
+        jw.bytes(id);
+        jw.u8(static_cast<std::uint8_t>(st.size()));
+        jw.bytes(st);
+      }
+      rc = w.del(v.h->p->dbi, k);
+      if (rc) return rc;
+      rc = w.put(evj_db, key64(wglob.evseq++), jv, MDB_APPEND);
+      if (rc) return rc;
+      auto& c = work[v.h->p->id - 1];
+      c.queued -= 1;
+      c.queued_bytes -= v.bytes;
+      c.evicted += 1;
+    }
+    // Keep the journal bounded: drop its oldest entries.
+    MDB_stat st;
+    mdb_stat(w.get(), evj_db, &st);
+    if (st.ms_entries > opt.eviction_journal_max) {
+      std::size_t drop = st.ms_entries - opt.eviction_journal_max;
+      cursor c;
+      int rc = cursor::open(w, evj_db, c);
+      if (rc) return rc;
+      std::string_view kv, vv;
+      rc = c.get(kv, vv, MDB_FIRST);
+      while (rc == MDB_SUCCESS && drop-- > 0) {
+        rc = c.del();
+        if (rc) return rc;
+        rc = c.current_after_del(kv, vv);
+      }
+      if (rc && rc != MDB_NOTFOUND) return rc;
+    }
+    ok = true;
+    return MDB_SUCCESS;
+  }
+
+  int apply_enqueue(txn& w, request& r) {
+    auto& segs = r.segs;
+    r.eres = {};
+    r.eres.status.assign(segs.size(), item_status::stored);
+    std::int64_t now = now_ms();
+    // Dedupe: ids seen within the window are dropped.
+    std::uint64_t need = 0, fresh_without_id = 0;
+    char idbuf[64];
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+      auto& s = segs[i];
+      if (!s.id.empty()) {
+        std::string_view seen;
+        int rc = w.get(ids_db, s.id, seen);
+        if (rc == MDB_SUCCESS && seen.size() == 8 &&
+            static_cast<std::int64_t>(key64(seen)) + opt.dedupe_window.count() >= now) {
+          r.eres.status[i] = item_status::duplicate;
+          continue;
+        }
+        if (rc && rc != MDB_NOTFOUND) return rc;
+      } else {
+        ++fresh_without_id;
+      }
+      std::size_t idlen = s.id.empty() ? opt.node_id.size() + 1 + 20 : s.id.size();
+      need += detail::record_size(idlen, s.stream.size(), 0, s.payload.size()) * s.peers.size();
+    }
+    bool ok = false;
+    int rc = make_room(w, need, ok);
+    if (rc) return rc;
+    if (!ok) {
+      if (opt.overflow == overflow_policy::block && r.deadline && clk->steady_now() < *r.deadline) {
+        r.parked = true;
+        return MDB_SUCCESS;
+      }
+      r.eres.status.clear();
+      std::uint64_t used = queued_bytes_total();
+      if (opt.overflow == overflow_policy::block) {
+        r.eres.ec = errc::timeout;
+        r.eres.message = "no room in the queue within block_timeout (" + std::to_string(opt.block_timeout.count()) +
+                         " ms): " + std::to_string(used) + " of " + std::to_string(opt.max_bytes) +
+                         " bytes used, " + std::to_string(need) + " more needed";
+      } else {
+        r.eres.ec = errc::queue_full;
+        r.eres.message = "queue full: " + std::to_string(used) + " of " + std::to_string(opt.max_bytes) +
+                         " bytes used and " + std::to_string(need) + " more needed" +
+                         (opt.overflow == overflow_policy::evict_lru ? " (every evictable segment is in flight)"
+                                                                     : " (overflow = reject)");
+      }
+      wglob.rejected += segs.size();
+      return MDB_SUCCESS;
+    }
+    r.eres.first_seq = wglob.oseq;
+    wglob.oseq += fresh_without_id;
+    std::uint64_t oseq = r.eres.first_seq;
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+      auto& s = segs[i];
+      if (r.eres.status[i] == item_status::duplicate) {
+        ++wglob.duplicates;
+        continue;
+      }
+      detail::record_view rec;
+      rec.created_ms = s.created_ms ? s.created_ms : now;
+      rec.checksum = s.checksum ? *s.checksum : util::checksum(s.payload);
+      rec.stream = s.stream;
+      rec.payload = s.payload;
+      if (!s.id.empty()) {
+        // An id seen earlier in this transaction (the same id twice in a request) counts once.
+        std::string_view seen;
+        rc = w.get(ids_db, s.id, seen);
+        if (rc == MDB_SUCCESS && static_cast<std::int64_t>(key64(seen)) + opt.dedupe_window.count() >= now) {
+          r.eres.status[i] = item_status::duplicate;
+          ++wglob.duplicates;
+          continue;
+        }
+        if (rc && rc != MDB_NOTFOUND) return rc;
+      }
+      if (s.id.empty()) {
+        std::memcpy(idbuf, opt.node_id.data(), opt.node_id.size());
+        idbuf[opt.node_id.size()] = ':';
+        auto* e = std::to_chars(idbuf + opt.node_id.size() + 1, idbuf + sizeof idbuf, oseq++).ptr;
+        rec.id = std::string_view(idbuf, static_cast<std::size_t>(e - idbuf));
+      } else {
+        rec.id = s.id;
+        rc = w.put(ids_db, s.id, key64(static_cast<std::uint64_t>(now)));
+        if (rc) return rc;
+        std::string tk = key64(static_cast<std::uint64_t>(now));
+        tk.append(s.id);
+        rc = w.put(ids_t_db, tk, {});
+        if (rc) return rc;
+      }
+      std::size_t sz = detail::record_size(rec);
+      for (peer_id pid : s.peers) {
+        peer_rt* p = peers_unlocked(pid);
+        char* where = nullptr;
+        rc = w.reserve(p->dbi, key64(wglob.gseq++), sz, where, MDB_APPEND);
+        if (rc) return rc;
+        detail::encode_record(rec, where);
+        auto& c = work[pid - 1];
+        ++c.routed;
+        ++c.queued;
+        c.queued_bytes += sz;
+      }
+      ++wglob.accepted;
+    }
+    return MDB_SUCCESS;
+  }
+
+  // The writer thread may read peers without peers_mu: it is the only one that grows it.
+  peer_rt* peers_unlocked(peer_id id) const { return peers[id - 1].get(); }
+
+  int apply_ack(txn& w, request& r) {
+    peer_rt* p = peer(r.peer);
+    if (!p) {
+      r.ec = errc::unknown_peer;
+      return MDB_SUCCESS;
+    }
+    auto& c = work[r.peer - 1];
+    cursor cur;
+    int rc = cursor::open(w, p->dbi, cur);
+    if (rc) return rc;
+    for (auto k : r.keys) {
+      std::string ks = key64(k);
+      std::string_view kv = ks, vv;
+      rc = cur.get(kv, vv, MDB_SET_KEY);
+      if (rc == MDB_NOTFOUND) continue; // already acked: idempotent
+      if (rc) return rc;
+      std::size_t sz = vv.size();
+      rc = cur.del();
+      if (rc) return rc;
+      ++c.delivered;
+      --c.queued;
+      c.queued_bytes -= sz;
+    }
+    r.unlease = r.keys;
+    return MDB_SUCCESS;
+  }
+
+  std::chrono::milliseconds backoff(std::uint32_t attempts) {
+    const auto& b = opt.retry_backoff;
+    double d = static_cast<double>(b.initial.count()) * std::pow(b.multiplier, static_cast<double>(attempts) - 1.0);
+    d = std::min(d, static_cast<double>(b.max.count()));
+    if (b.jitter > 0) {
+      std::uniform_real_distribution<double> u(-b.jitter, b.jitter);
+      d *= 1.0 + u(rng);
+    }
+    return std::chrono::milliseconds{static_cast<std::int64_t>(std::max(0.0, d))};
+  }
+
+  int to_deadletter(txn& w, peer_rt* p, std::string_view record, std::string_view reason) {
+    std::int64_t now = now_ms();
+    std::string v = detail::encode_deadletter(p->id, now, reason.substr(0, 255), record);
+    int rc = w.put(dl_db, key64(wglob.dlseq++), v, MDB_APPEND);
+    if (rc) return rc;
+    auto& c = work[p->id - 1];
+    ++c.deadletter;
+    c.deadletter_bytes += v.size();
+    ++wglob.deadletter_segments;
+    wglob.deadletter_bytes += v.size();
+    return enforce_deadletter_bytes(w);
+  }
+
+  int enforce_deadletter_bytes(txn& w) {
+    if (wglob.deadletter_bytes <= opt.deadletter_max_bytes) return MDB_SUCCESS;
+    cursor c;
+    int rc = cursor::open(w, dl_db, c);
+    if (rc) return rc;
+    std::string_view kv, vv;
+    rc = c.get(kv, vv, MDB_FIRST);
+    while (rc == MDB_SUCCESS && wglob.deadletter_bytes > opt.deadletter_max_bytes) {
+      rc = purge_current(c, vv);
+      if (rc) return rc;
+      rc = c.current_after_del(kv, vv);
+    }
+    return rc == MDB_NOTFOUND ? MDB_SUCCESS : rc;
+  }
+
+  // Deletes the dead-letter entry under c, counting it as purged.
+  int purge_current(cursor& c, std::string_view vv) {
+    auto d = detail::decode_deadletter(vv);
+    std::size_t sz = vv.size();
+    int rc = c.del();
+    if (rc) return rc;
+    if (d && d->peer >= 1 && d->peer <= work.size()) {
+      auto& pc = work[d->peer - 1];
+      --pc.deadletter;
+      pc.deadletter_bytes -= sz;
+      ++pc.purged;
+    }
+    --wglob.deadletter_segments;
+    wglob.deadletter_bytes -= sz;
+    return MDB_SUCCESS;
+  }
+
+  int apply_nack(txn& w, request& r) {
+    peer_rt* p = peer(r.peer);
+    if (!p) {
+      r.ec = errc::unknown_peer;
+      return MDB_SUCCESS;
+    }
+    auto& c = work[r.peer - 1];
+    std::int64_t now = now_ms();
+    std::string scratch;
+    std::string_view err = std::string_view(r.error).substr(0, 4096);
+    for (auto k : r.keys) {
+      std::string ks = key64(k);
+      std::string_view vv;
+      int rc = w.get(p->dbi, ks, vv);
+      if (rc == MDB_NOTFOUND) continue;
+      if (rc) return rc;
+      auto rec = detail::decode_record(vv);
+      if (!rec) return MDB_CORRUPTED;
+      std::size_t old_sz = vv.size();
+      rec->attempts = static_cast<std::uint16_t>(std::min<std::uint32_t>(rec->attempts + 1u, 65535u));
+      rec->last_error = err;
+      ++c.attempts;
+      scratch.resize(detail::record_size(*rec));
+      detail::encode_record(*rec, scratch.data()); // copies out of the map before we modify it
+      rc = w.del(p->dbi, ks);
+      if (rc) return rc;
+      --c.queued;
+      c.queued_bytes -= old_sz;
+      if (rec->attempts >= opt.max_retry) {
+        rc = to_deadletter(w, p, scratch, "max_retry");
+        if (rc) return rc;
+        continue;
+      }
+      rec = detail::decode_record(scratch);
+      rec->next_attempt_ms = now + backoff(rec->attempts).count();
+      std::string again(scratch.size(), '\0');
+      detail::encode_record(*rec, again.data());
+      rc = w.put(p->dbi, key64(wglob.gseq++), again, MDB_APPEND);
+      if (rc) return rc;
+      ++c.queued;
+      c.queued_bytes += again.size();
+    }
+    r.unlease = r.keys;
+    return MDB_SUCCESS;
+  }
+
+  int apply_reject(txn& w, request& r) {
+    peer_rt* p = peer(r.peer);
+    if (!p) {
+      r.ec = errc::unknown_peer;
+      return MDB_SUCCESS;
+    }
+    auto& c = work[r.peer - 1];
+    std::string scratch;
+    for (auto& item : r.rejects) {
+      std::string ks = key64(item.key);
+      std::string_view vv;
+      int rc = w.get(p->dbi, ks, vv);
+      r.unlease.push_back(item.key);
+      if (rc == MDB_NOTFOUND) continue;
+      if (rc) return rc;
+      auto rec = detail::decode_record(vv);
+      if (!rec) return MDB_CORRUPTED;
+      std::size_t old_sz = vv.size();
+      rec->attempts = static_cast<std::uint16_t>(std::min<std::uint32_t>(rec->attempts + 1u, 65535u));
+      rec->last_error = std::string_view(item.error).substr(0, 4096);
+      scratch.resize(detail::record_size(*rec));
+      detail::encode_record(*rec, scratch.data());
+      rc = w.del(p->dbi, ks);
+      if (rc) return rc;
+      ++c.attempts;
+      --c.queued;
+      c.queued_bytes -= old_sz;
+      rc = to_deadletter(w, p, scratch, item.reason.empty() ? "rejected" : item.reason);
+      if (rc) return rc;
+    }
+    return MDB_SUCCESS;
+  }
+
+  bool selects(const deadletter_selector& s, std::uint64_t dkey, const detail::deadletter_view& d,
+               const detail::record_view& rec, std::int64_t now) {
+    (void)dkey;
+    if (s.peer) {
+      auto it = by_name.find(*s.peer);
+      if (it == by_name.end() || it->second != d.peer) return false;
+    }
+    if (s.all) return true;
+    if (s.older_than) return d.deadlettered_ms <= now - s.older_than->count();
+    return std::find(s.ids.begin(), s.ids.end(), rec.id) != s.ids.end();
+  }
+
+  int apply_dl(txn& w, request& r, bool retry) {
+    std::int64_t now = now_ms();
+    cursor c;
+    int rc = cursor::open(w, dl_db, c);
+    if (rc) return rc;
+    std::string_view kv, vv;
+    std::string scratch;
+    rc = c.get(kv, vv, MDB_FIRST);
+    while (rc == MDB_SUCCESS) {
+      auto d = detail::decode_deadletter(vv);
+      auto rec = d ? detail::decode_record(d->record) : std::nullopt;
+      if (!d || !rec) return MDB_CORRUPTED;
+      if (!selects(r.sel, key64(kv), *d, *rec, now)) {
+        rc = c.get(kv, vv, MDB_NEXT);
+        continue;
+      }
+      if (!retry) {
+        rc = purge_current(c, vv);
+        if (rc) return rc;
+        ++r.count;
+        rc = c.current_after_del(kv, vv);
+        continue;
+      }
+      peer_rt* p = d->peer >= 1 && d->peer <= peers.size() ? peers_unlocked(d->peer) : nullptr;
+      if (!p) return MDB_CORRUPTED;
+      rec->attempts = 0;
+      rec->next_attempt_ms = 0;
+      rec->last_error = {};
+      scratch.resize(detail::record_size(*rec));
+      detail::encode_record(*rec, scratch.data());
+      std::size_t dl_sz = vv.size();
+      std::uint32_t pid = d->peer;
+      std::string dkey(kv);
+      bool ok = false;
+      rc = make_room(w, scratch.size(), ok);
+      if (rc) return rc;
+      if (!ok) {
+        if (r.count == 0) r.ec = errc::queue_full;
+        break;
+      }
+      // make_room may have moved the cursor's page: find our entry again.
+      std::string_view k2 = dkey, v2;
+      rc = c.get(k2, v2, MDB_SET_KEY);
+      if (rc) return rc;
+      rc = c.del();
+      if (rc) return rc;
+      rc = w.put(p->dbi, key64(wglob.gseq++), scratch, MDB_APPEND);
+      if (rc) return rc;
+      auto& pc = work[pid - 1];
+      --pc.deadletter;
+      pc.deadletter_bytes -= dl_sz;
+      ++pc.queued;
+      pc.queued_bytes += scratch.size();
+      --wglob.deadletter_segments;
+      wglob.deadletter_bytes -= dl_sz;
+      ++r.count;
+      rc = c.current_after_del(kv, vv);
+    }
+    return rc == MDB_NOTFOUND || rc == MDB_SUCCESS ? MDB_SUCCESS : rc;
+  }
+
+  int apply_maintenance(txn& w, request& r) {
+    std::int64_t now = now_ms();
+    std::string_view kv, vv;
+    {
+      cursor c;
+      int rc = cursor::open(w, dl_db, c);
+      if (rc) return rc;
+      rc = c.get(kv, vv, MDB_FIRST);
+      while (rc == MDB_SUCCESS) {
+        auto d = detail::decode_deadletter(vv);
+        if (!d) return MDB_CORRUPTED;
+        if (d->deadlettered_ms > now - opt.deadletter_retention.count()) break;
+        rc = purge_current(c, vv);
+        if (rc) return rc;
+        ++r.mres.deadletter_purged;
+        rc = c.current_after_del(kv, vv);
+      }
+      if (rc && rc != MDB_NOTFOUND) return rc;
+    }
+    {
+      cursor c;
+      int rc = cursor::open(w, ids_t_db, c);
+      if (rc) return rc;
+      rc = c.get(kv, vv, MDB_FIRST);
+      while (rc == MDB_SUCCESS) {
+        if (kv.size() < 8) return MDB_CORRUPTED;
+        auto ts = static_cast<std::int64_t>(key64(kv.substr(0, 8)));
+        if (ts + opt.dedupe_window.count() >= now) break;
+        std::string id(kv.substr(8));
+        rc = c.del();
+        if (rc) return rc;
+        std::string_view seen;
+        if (w.get(ids_db, id, seen) == MDB_SUCCESS && seen.size() == 8 &&
+            static_cast<std::int64_t>(key64(seen)) == ts) {
+          rc = w.del(ids_db, id);
+          if (rc) return rc;
+        }
+        ++r.mres.dedupe_expired;
+        rc = c.current_after_del(kv, vv);
+      }
+      if (rc && rc != MDB_NOTFOUND) return rc;
+    }
+    return enforce_deadletter_bytes(w);
+  }
+
+  int apply_add_peer(txn& w, request& r) {
+    {
+      std::shared_lock lk(peers_mu);
+      auto it = by_name.find(r.name);
+      if (it != by_name.end()) {
+        r.pid = it->second;
+        return MDB_SUCCESS;
+      }
+    }
+    peer_id id = static_cast<peer_id>(peers.size() + 1);
+    MDB_dbi dbi;
+    int rc = mdb_dbi_open(w.get(), ("q:" + r.name).c_str(), MDB_CREATE, &dbi);
+    if (rc) return rc;
+    rc = w.put(peers_db, r.name, be32key(id));
+    if (rc) return rc;
+    auto p = std::make_unique<peer_rt>();
+    p->id = id;
+    p->name = r.name;
+    p->dbi = dbi;
+    // Visible before commit only to the writer; readers cannot name it yet.
+    {
+      std::unique_lock lk(peers_mu);
+      peers.push_back(std::move(p));
+      by_name.emplace(r.name, id);
+    }
+    {
+      std::lock_guard lk(stats_mu);
+      committed.resize(peers.size());
+    }
+    work.resize(peers.size());
+    r.pid = id;
+    return MDB_SUCCESS;
+  }
+};
+
+// ------------------------------------------------------------------ open
+
+namespace {
+boost::system::result<std::unique_ptr<store>, error> fail(sys_ec ec, std::string msg) {
+  return error{ec, std::move(msg)};
+}
+} // namespace
+
+store::store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+store::~store() {
+  {
+    std::lock_guard lk(impl_->q_mu);
+    impl_->stopping = true;
+  }
+  impl_->q_cv.notify_all();
+  if (impl_->writer.joinable()) impl_->writer.join();
+}
+
+boost::system::result<std::unique_ptr<store>, error> store::open(store_options options) {
+  namespace fs = std::filesystem;
+  auto m = std::make_unique<impl>();
+  m->opt = std::move(options);
+  auto& o = m->opt;
+  m->clk = o.clock ? o.clock : &util::system_clock_source::instance();
+  const std::string dir = o.data_dir.string();
+  if (o.node_id.empty() || o.node_id.size() > 64 || o.node_id.find(':') != std::string::npos)
+    return fail(errc::invalid_argument, "node id \"" + o.node_id + "\" must be 1 to 64 characters without ':'");
+  if (o.max_retry == 0) return fail(errc::invalid_argument, "max_retry must be at least 1");
+
+  std::error_code fec;
+  fs::create_directories(o.data_dir, fec);
+  if (fec) return fail(errc::store_io, "cannot create data_dir " + dir + ": " + fec.message());
+  const bool has_data = fs::exists(o.data_dir / "data.mdb");
+  if (!has_data) {
+    for (auto& e : fs::directory_iterator(o.data_dir, fec)) {
+      auto n = e.path().filename().string();
+      if (n != "lock.mdb" && n != "edgerelay.lock")
+        return fail(errc::store_foreign, "data_dir " + dir + " is not empty (it holds \"" + n +
+                                             "\") but has no edgerelay store; point data_dir at an empty "
+                                             "directory or at an existing edgerelay data directory");
+    }
+  }
+  m->lock_fd = ::open((o.data_dir / "edgerelay.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (m->lock_fd < 0)
+    return fail(errc::store_io, "cannot open " + dir + "/edgerelay.lock: " + std::strerror(errno));
+  if (::flock(m->lock_fd, LOCK_EX | LOCK_NB) != 0)
+    return fail(errc::store_io, "data_dir " + dir + " is in use by another edgerelay process; stop it first");
+
+  const std::uint64_t derived = 2 * o.max_bytes + 2 * o.deadletter_max_bytes + (256ull << 20);
+  m->max_map = o.max_map_bytes ? o.max_map_bytes : derived;
+  std::uint64_t file_size = has_data ? fs::file_size(o.data_dir / "data.mdb", fec) : 0;
+  m->map_size = std::min<std::uint64_t>(m->max_map, std::max<std::uint64_t>(64ull << 20, file_size * 2));
+  m->map_size = std::max<std::uint64_t>(m->map_size, file_size);
+
+  int rc = mdb_env_create(&m->env);
+  if (rc) return fail(errc::store_io, "mdb_env_create: " + describe(rc));
+  mdb_env_set_maxdbs(m->env, 4096);
+  mdb_env_set_maxreaders(m->env, 1024);
+  mdb_env_set_mapsize(m->env, m->map_size);
+  unsigned flags = MDB_NOTLS | (o.sync == sync_mode::none ? MDB_NOSYNC : 0u);
+  rc = mdb_env_open(m->env, dir.c_str(), flags, 0640);
+  if (rc) {
+    mdb_env_close(m->env);
+    m->env = nullptr;
+    if (rc == MDB_INVALID)
+      return fail(errc::store_corrupt, dir + "/data.mdb is not a valid LMDB file (damaged or something else); "
+                                             "move the directory aside and restore it from a backup, or point "
+                                             "data_dir at a new directory to start empty");
+    if (rc == MDB_VERSION_MISMATCH)
+      return fail(errc::store_foreign,
+                  dir + "/data.mdb was written by an incompatible LMDB version; open it with the edgerelay that made it");
+    return fail(lmdb_ec(rc), "cannot open the store in " + dir + ": " + describe(rc));
+  }
+  {
+    MDB_envinfo info;
+    mdb_env_info(m->env, &info);
+    m->map_size = info.me_mapsize;
+  }
+
+  txn w;
+  rc = txn::begin(m->env, 0, w);
+  if (rc) return fail(lmdb_ec(rc), "cannot begin a transaction in " + dir + ": " + describe(rc));
+  MDB_dbi main_db;
+  rc = mdb_dbi_open(w.get(), nullptr, 0, &main_db);
+  if (rc) return fail(lmdb_ec(rc), "cannot read " + dir + "/data.mdb: " + describe(rc));
+  MDB_stat st;
+  mdb_stat(w.get(), main_db, &st);
+  std::string_view probe;
+  bool has_meta = w.get(main_db, "meta", probe) == MDB_SUCCESS;
+  if (st.ms_entries > 0 && !has_meta)
+    return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create; point "
+                                           "data_dir at an empty directory or at an edgerelay data directory");
+  auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(w.get(), name, MDB_CREATE, &dbi); };
+  for (auto [name, dbi] : {std::pair{"meta", &m->meta}, {"peers", &m->peers_db}, {"counters", &m->counters_db},
+                           {"deadletter", &m->dl_db}, {"evictions", &m->evj_db}, {"ids", &m->ids_db},
+                           {"ids_by_time", &m->ids_t_db}}) {
+    rc = open_db(name, *dbi);
+    if (rc) {
+      if (rc == MDB_INCOMPATIBLE)
+        return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create (\"" +
+                                               name + "\" is not a table)");
+      return fail(lmdb_ec(rc), "cannot open table " + std::string(name) + " in " + dir + ": " + describe(rc));
+    }
+  }
+  std::string_view v;
+  if (w.get(m->meta, "magic", v) == MDB_SUCCESS) {
+    if (v != magic)
+      return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create");
+    std::string_view fv;
+    if (w.get(m->meta, "format", fv) != MDB_SUCCESS || fv.size() != 4)
+      return fail(errc::store_corrupt, dir + ": store format record missing; restore the directory from a backup");
+    auto format = util::get_be32(reinterpret_cast<const unsigned char*>(fv.data()));
+    if (format > format_version)
+      return fail(errc::store_foreign, dir + " was written by a newer edgerelay (store format " +
+                                             std::to_string(format) + ", this one reads up to " +
+                                             std::to_string(format_version) + "); upgrade edgerelay");
+    std::string_view nid;
+    if (w.get(m->meta, "node_id", nid) == MDB_SUCCESS && nid != o.node_id)
+      return fail(errc::store_foreign, dir + " belongs to node \"" + std::string(nid) + "\", not \"" + o.node_id +
+                                           "\"; segment ids depend on the node id, so use that node's config or "
+                                           "a new data_dir");
+    if (w.get(m->meta, "globals", v) == MDB_SUCCESS) m->cglob = globals::decode(v);
+  } else if (has_meta) {
+    return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create");
+  } else {
+    std::string f(4, '\0');
+    util::put_be32(reinterpret_cast<unsigned char*>(f.data()), format_version);
+    for (auto [k, val] : {std::pair<std::string_view, std::string_view>{"magic", magic},
+                          {"format", f}, {"node_id", o.node_id}}) {
+      rc = w.put(m->meta, k, val);
+      if (rc) return fail(lmdb_ec(rc), "cannot initialise the store in " + dir + ": " + describe(rc));
+    }
+    rc = w.put(m->meta, "globals", m->cglob.encode());
+    if (rc) return fail(lmdb_ec(rc), "cannot initialise the store in " + dir + ": " + describe(rc));
+  }
+  // Peers and their counters.
+  {
+    cursor c;
+    cursor::open(w, m->peers_db, c);
+    std::string_view kv, vv;
+    std::vector<std::pair<peer_id, std::string>> found;
+    for (int r2 = c.get(kv, vv, MDB_FIRST); r2 == MDB_SUCCESS; r2 = c.get(kv, vv, MDB_NEXT)) {
+      if (vv.size() != 4) return fail(errc::store_corrupt, dir + ": peer table damaged; restore from a backup");
+      found.emplace_back(util::get_be32(reinterpret_cast<const unsigned char*>(vv.data())), std::string(kv));
+    }
+    std::sort(found.begin(), found.end());
+    for (std::size_t i = 0; i < found.size(); ++i) {
+      if (found[i].first != i + 1) return fail(errc::store_corrupt, dir + ": peer ids not dense; restore from a backup");
+      auto p = std::make_unique<peer_rt>();
+      p->id = found[i].first;
+      p->name = found[i].second;
+      rc = mdb_dbi_open(w.get(), ("q:" + p->name).c_str(), MDB_CREATE, &p->dbi);
+      if (rc) return fail(lmdb_ec(rc), dir + ": cannot open the queue of peer " + p->name + ": " + describe(rc));
+      std::string_view cv;
+      peer_counters pc;
+      if (w.get(m->counters_db, be32key(p->id), cv) == MDB_SUCCESS) pc = counters_codec::decode(cv);
+      m->committed.push_back(pc);
+      // Keys only grow: make sure the next key is past everything stored.
+      cursor qc;
+      cursor::open(w, p->dbi, qc);
+      std::string_view lk, lv;
+      if (qc.get(lk, lv, MDB_LAST) == MDB_SUCCESS) m->cglob.gseq = std::max(m->cglob.gseq, key64(lk) + 1);
+      m->by_name.emplace(p->name, p->id);
+      m->peers.push_back(std::move(p));
+    }
+  }
+  rc = w.commit();
+  if (rc) return fail(lmdb_ec(rc), "cannot commit the store's opening transaction in " + dir + ": " + describe(rc));
+
+  impl* raw = m.get();
+  std::unique_ptr<store> s(new store(std::move(m)));
+  raw->writer = std::thread([raw] { raw->run_writer(); });
+  return s;
+}
+
+// ------------------------------------------------------------------ API
+
+result<peer_id> store::add_peer(std::string_view name) {
+  if (name.empty() || name.size() > 200) return errc::invalid_argument;
+  if (auto p = find_peer(name)) return *p;
+  std::promise<result<peer_id>> pr;
+  auto r = std::make_unique<request>();
+  r->k = request::kind::add_peer;
+  r->name = std::string(name);
+  r->on_peer = [&](result<peer_id> v) { pr.set_value(v); };
+  auto f = pr.get_future();
+  impl_->submit(std::move(r));
+  return f.get();
+}
+
+std::optional<peer_id> store::find_peer(std::string_view name) const {
+  std::shared_lock lk(impl_->peers_mu);
+  auto it = impl_->by_name.find(std::string(name));
+  if (it == impl_->by_name.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::pair<peer_id, std::string>> store::peers() const {
+  std::shared_lock lk(impl_->peers_mu);
+  std::vector<std::pair<peer_id, std::string>> out;
+  for (auto& p : impl_->peers) out.emplace_back(p->id, p->name);
+  return out;
+}
+
+void store::enqueue(std::vector<segment_in> segments, enqueue_callback done) {
+  auto refuse = [&](errc e, std::string msg) {
+    enqueue_result r;
+    r.ec = e;
+    r.message = std::move(msg);
+    impl_->refused_early += segments.size();
+    if (done) done(std::move(r));
+  };
+  if (segments.empty()) return refuse(errc::invalid_argument, "an enqueue needs at least one segment");
+  const auto npeers = [&] {
+    std::shared_lock lk(impl_->peers_mu);
+    return impl_->peers.size();
+  }();
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    auto& s = segments[i];
+    auto where = "segment " + std::to_string(i) + ": ";
+    if (!valid_stream_name(s.stream))
+      return refuse(errc::bad_stream_name,
+                    where + "stream \"" + std::string(s.stream.substr(0, 80)) + "\" must match [a-z0-9._-]{1,64}");
+    if (s.payload.empty()) return refuse(errc::invalid_argument, where + "payload is empty (segments are 1 byte or more)");
+    if (s.payload.size() > impl_->opt.max_segment_bytes)
+      return refuse(errc::segment_too_large, where + "payload of " + std::to_string(s.payload.size()) +
+                                                 " bytes exceeds max_segment_bytes (" +
+                                                 std::to_string(impl_->opt.max_segment_bytes) + ")");
+    if (s.peers.empty()) return refuse(errc::unknown_peer, where + "routed to no peer");
+    for (auto p : s.peers)
+      if (p < 1 || p > npeers) return refuse(errc::unknown_peer, where + "routed to unknown peer id " + std::to_string(p));
+    if (s.id.size() > 200) return refuse(errc::invalid_argument, where + "id longer than 200 bytes");
+    if (s.checksum && *s.checksum != util::checksum(s.payload))
+      return refuse(errc::checksum_mismatch, where + "checksum " + util::checksum_hex(*s.checksum) +
+                                                 " does not match the payload (" +
+                                                 util::checksum_hex(util::checksum(s.payload)) + ")");
+  }
+  auto r = std::make_unique<request>();
+  r->k = request::kind::enqueue;
+  r->segs = std::move(segments);
+  r->on_enqueue = std::move(done);
+  if (impl_->opt.overflow == overflow_policy::block)
+    r->deadline = impl_->clk->steady_now() + impl_->opt.block_timeout;
+  impl_->submit(std::move(r));
+}
+
+void store::ack(peer_id peer, std::vector<std::uint64_t> keys, done_callback done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::ack;
+  r->peer = peer;
+  r->keys = std::move(keys);
+  r->on_done = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+void store::nack(peer_id peer, std::vector<std::uint64_t> keys, std::string error, done_callback done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::nack;
+  r->peer = peer;
+  r->keys = std::move(keys);
+  r->error = std::move(error);
+  r->on_done = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+void store::reject(peer_id peer, std::vector<rejected_item> items, done_callback done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::reject;
+  r->peer = peer;
+  r->rejects = std::move(items);
+  r->on_done = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+namespace {
+result<std::uint64_t> check_selector(const deadletter_selector& s) {
+  int n = (s.all ? 1 : 0) + (s.older_than ? 1 : 0) + (s.ids.empty() ? 0 : 1);
+  if (n != 1) return errc::invalid_argument;
+  return 0;
+}
+} // namespace
+
+void store::deadletter_retry(deadletter_selector sel, std::function<void(result<std::uint64_t>)> done) {
+  if (auto c = check_selector(sel); !c) return done(c.error());
+  auto r = std::make_unique<request>();
+  r->k = request::kind::dl_retry;
+  r->sel = std::move(sel);
+  r->on_count = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+void store::deadletter_purge(deadletter_selector sel, std::function<void(result<std::uint64_t>)> done) {
+  if (auto c = check_selector(sel); !c) return done(c.error());
+  auto r = std::make_unique<request>();
+  r->k = request::kind::dl_purge;
+  r->sel = std::move(sel);
+  r->on_count = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+void store::maintenance(std::function<void(result<maintenance_result>)> done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::maintenance;
+  r->on_maint = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+namespace {
+template <class T, class F>
+T wait_for(F&& start) {
+  std::promise<T> p;
+  auto f = p.get_future();
+  start([&p](T v) { p.set_value(std::move(v)); });
+  return f.get();
+}
+} // namespace
+
+enqueue_result store::enqueue_wait(std::vector<segment_in> segments) {
+  return wait_for<enqueue_result>([&](auto cb) { enqueue(std::move(segments), cb); });
+}
+sys_ec store::ack_wait(peer_id peer, std::vector<std::uint64_t> keys) {
+  return wait_for<sys_ec>([&](auto cb) { ack(peer, std::move(keys), cb); });
+}
+sys_ec store::nack_wait(peer_id peer, std::vector<std::uint64_t> keys, std::string error) {
+  return wait_for<sys_ec>([&](auto cb) { nack(peer, std::move(keys), std::move(error), cb); });
+}
+sys_ec store::reject_wait(peer_id peer, std::vector<rejected_item> items) {
+  return wait_for<sys_ec>([&](auto cb) { reject(peer, std::move(items), cb); });
+}
+result<std::uint64_t> store::deadletter_retry_wait(deadletter_selector sel) {
+  return wait_for<result<std::uint64_t>>([&](auto cb) { deadletter_retry(std::move(sel), cb); });
+}
+result<std::uint64_t> store::deadletter_purge_wait(deadletter_selector sel) {
+  return wait_for<result<std::uint64_t>>([&](auto cb) { deadletter_purge(std::move(sel), cb); });
+}
+result<maintenance_result> store::maintenance_wait() {
+  return wait_for<result<maintenance_result>>([&](auto cb) { maintenance(cb); });
+}
+
+result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes) {
+  peer_rt* p = impl_->peer(peer);
+  if (!p) return errc::unknown_peer;
+  batch out;
+  out.peer = peer;
+  if (max_segments == 0) return out;
+  std::shared_lock map_lk(impl_->map_mu);
+  std::lock_guard lk(p->mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  cursor c;
+  rc = cursor::open(t, p->dbi, c);
+  if (rc) return lmdb_ec(rc);
+  const std::int64_t now = impl_->now_ms();
+  struct taken {
+    std::uint64_t key;
+    std::size_t off;
+    std::uint16_t attempts;
+    std::int64_t created_ms;
+    std::uint64_t checksum;
+    std::uint8_t id_len, stream_len;
+    std::uint16_t err_len;
+    std::size_t payload_len;
+  };
+  std::vector<taken> got;
+  got.reserve(std::min<std::size_t>(max_segments, 4096));
+  std::vector<std::uint64_t> keys;
+  keys.reserve(got.capacity());
+  std::optional<std::uint64_t> first_skip;
+  std::optional<std::int64_t> next_ready;
+  std::optional<std::uint64_t> resume; // where the next scan starts when nothing was skipped
+  std::size_t li = std::lower_bound(p->leased.begin(), p->leased.end(), p->cursor) - p->leased.begin();
+  std::string start = key64(p->cursor);
+  std::string_view kv = start, vv;
+  std::size_t scanned = 0;
+  for (rc = c.get(kv, vv, MDB_SET_RANGE); rc == MDB_SUCCESS; rc = c.get(kv, vv, MDB_NEXT)) {
+    std::uint64_t key = key64(kv);
+    if (++scanned > max_read_scan) {
+      resume = key;
+      break;
+    }
+    resume = key + 1;
+    while (li < p->leased.size() && p->leased[li] < key) ++li;
+    if (li < p->leased.size() && p->leased[li] == key) continue;
+    std::int64_t next_ms;
+    if (!detail::decode_next_attempt(vv, next_ms)) return errc::store_corrupt;
+    if (next_ms > now) {
+      if (!first_skip) first_skip = key;
+      next_ready = next_ready ? std::min(*next_ready, next_ms) : next_ms;
+      continue;
+    }
+    auto rec = detail::decode_record(vv);
+    if (!rec) return errc::store_corrupt;
+    taken tk{key, out.buffer.size(), rec->attempts, rec->created_ms, rec->checksum,
+             static_cast<std::uint8_t>(rec->id.size()), static_cast<std::uint8_t>(rec->stream.size()),
+             static_cast<std::uint16_t>(rec->last_error.size()), rec->payload.size()};
+    out.buffer.append(rec->id);
+    out.buffer.append(rec->stream);
+    out.buffer.append(rec->payload);
+    out.payload_bytes += rec->payload.size();
+    got.push_back(tk);
+    keys.push_back(key);
+    if (got.size() >= max_segments || out.payload_bytes >= max_bytes) break;
+  }
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
+  t.abort();
+  // Every key below the cursor is leased or gone; a segment waiting for its
+  // backoff holds the cursor so that later scans come back to it.
+  if (first_skip) p->cursor = std::max(p->cursor, *first_skip);
+  else if (resume) p->cursor = std::max(p->cursor, *resume);
+  sorted_insert(p->leased, keys);
+  out.segments.reserve(got.size());
+  const char* base = out.buffer.data();
+  for (auto& g : got) {
+    segment_out s;
+    s.key = g.key;
+    s.attempts = g.attempts;
+    s.created_ms = g.created_ms;
+    s.checksum = g.checksum;
+    s.id = std::string_view(base + g.off, g.id_len);
+    s.stream = std::string_view(base + g.off + g.id_len, g.stream_len);
+    s.payload = std::string_view(base + g.off + g.id_len + g.stream_len, g.payload_len);
+    out.segments.push_back(s);
+  }
+  if (out.segments.empty() && next_ready) out.next_ready = util::from_unix_ms(*next_ready);
+  return out;
+}
+
+void store::release(peer_id peer, std::span<const std::uint64_t> keys) {
+  peer_rt* p = impl_->peer(peer);
+  if (!p || keys.empty()) return;
+  std::lock_guard lk(p->mu);
+  std::vector<std::uint64_t> k(keys.begin(), keys.end());
+  p->cursor = std::min(p->cursor, *std::min_element(k.begin(), k.end()));
+  sorted_erase(p->leased, std::move(k));
+}
+
+result<deadletter_page> store::deadletter_list(const deadletter_filter& f) const {
+  std::shared_lock map_lk(impl_->map_mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  cursor c;
+  rc = cursor::open(t, impl_->dl_db, c);
+  if (rc) return lmdb_ec(rc);
+  std::optional<peer_id> want_peer;
+  if (f.peer) {
+    want_peer = find_peer(*f.peer);
+    if (!want_peer) return deadletter_page{};
+  }
+  deadletter_page page;
+  std::string start = key64(f.after_key + 1);
+  std::string_view kv = start, vv;
+  for (rc = c.get(kv, vv, MDB_SET_RANGE); rc == MDB_SUCCESS; rc = c.get(kv, vv, MDB_NEXT)) {
+    auto d = detail::decode_deadletter(vv);
+    auto rec = d ? detail::decode_record(d->record) : std::nullopt;
+    if (!d || !rec) return errc::store_corrupt;
+    if (want_peer && d->peer != *want_peer) continue;
+    if (f.stream && rec->stream != *f.stream) continue;
+    if (f.reason && d->reason != *f.reason) continue;
+    if (page.entries.size() == f.limit) {
+      page.next_after = page.entries.back().key;
+      break;
+    }
+    deadletter_entry e;
+    e.key = key64(kv);
+    e.id = rec->id;
+    {
+      std::shared_lock lk(impl_->peers_mu);
+      if (d->peer >= 1 && d->peer <= impl_->peers.size()) e.peer = impl_->peers[d->peer - 1]->name;
+    }
+    e.stream = rec->stream;
+    e.reason = d->reason;
+    e.last_error = rec->last_error;
+    e.created_ms = rec->created_ms;
+    e.deadlettered_ms = d->deadlettered_ms;
+    e.attempts = rec->attempts;
+    e.bytes = rec->payload.size();
+    e.checksum = rec->checksum;
+    page.entries.push_back(std::move(e));
+  }
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
+  return page;
+}
+
+result<std::vector<eviction_record>> store::evictions(std::uint64_t after_seq, std::size_t limit) const {
+  std::shared_lock map_lk(impl_->map_mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  cursor c;
+  rc = cursor::open(t, impl_->evj_db, c);
+  if (rc) return lmdb_ec(rc);
+  std::vector<eviction_record> out;
+  std::string start = key64(after_seq + 1);
+  std::string_view kv = start, vv;
+  for (rc = c.get(kv, vv, MDB_SET_RANGE); rc == MDB_SUCCESS && out.size() < limit; rc = c.get(kv, vv, MDB_NEXT)) {
+    util::reader r(vv);
+    eviction_record e;
+    e.seq = key64(kv);
+    peer_id pid = r.u32();
+    e.at_ms = static_cast<std::int64_t>(r.u64());
+    e.bytes = r.u64();
+    e.id = std::string(r.bytes(r.u8()));
+    e.stream = std::string(r.bytes(r.u8()));
+    if (!r.ok()) return errc::store_corrupt;
+    {
+      std::shared_lock lk(impl_->peers_mu);
+      if (pid >= 1 && pid <= impl_->peers.size()) e.peer = impl_->peers[pid - 1]->name;
+    }
+    out.push_back(std::move(e));
+  }
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
+  return out;
+}
+
+store_stats store::stats() const {
+  store_stats s;
+  std::vector<peer_counters> pc;
+  {
+    std::lock_guard lk(impl_->stats_mu);
+    pc = impl_->committed;
+    s.accepted = impl_->cglob.accepted;
+    s.duplicates = impl_->cglob.duplicates;
+    s.rejected = impl_->cglob.rejected + impl_->refused_early.load();
+    s.deadletter_segments = impl_->cglob.deadletter_segments;
+    s.deadletter_bytes = impl_->cglob.deadletter_bytes;
+    s.commits = impl_->commits;
+  }
+  std::shared_lock lk(impl_->peers_mu);
+  for (std::size_t i = 0; i < impl_->peers.size() && i < pc.size(); ++i) {
+    peer_stats ps;
+    ps.id = impl_->peers[i]->id;
+    ps.name = impl_->peers[i]->name;
+    ps.counters = pc[i];
+    {
+      std::lock_guard pl(impl_->peers[i]->mu);
+      ps.inflight = impl_->peers[i]->leased.size();
+    }
+    s.queued_bytes += pc[i].queued_bytes;
+    s.peers.push_back(std::move(ps));
+  }
+  s.capacity_bytes = impl_->opt.max_bytes;
+  s.map_bytes = impl_->map_size;
+  return s;
+}
+
+result<accounting_report> store::verify_accounting() const {
+  std::shared_lock map_lk(impl_->map_mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  accounting_report rep;
+  std::vector<std::pair<peer_id, std::string>> ps = peers();
+  std::vector<accounting_report::peer_diff> diffs(ps.size());
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    auto& d = diffs[i];
+    d.peer = ps[i].second;
+    std::string_view cv;
+    if (t.get(impl_->counters_db, be32key(ps[i].first), cv) == MDB_SUCCESS) d.counters = counters_codec::decode(cv);
+    cursor c;
+    rc = cursor::open(t, impl_->peers[i]->dbi, c);
+    if (rc) return lmdb_ec(rc);
+    std::string_view kv, vv;
+    for (rc = c.get(kv, vv, MDB_FIRST); rc == MDB_SUCCESS; rc = c.get(kv, vv, MDB_NEXT)) {
+      ++d.counted_queued;
+      d.counted_queued_bytes += vv.size();
+    }
+  }
+  {
+    cursor c;
+    rc = cursor::open(t, impl_->dl_db, c);
+    if (rc) return lmdb_ec(rc);
+    std::string_view kv, vv;
+    for (rc = c.get(kv, vv, MDB_FIRST); rc == MDB_SUCCESS; rc = c.get(kv, vv, MDB_NEXT)) {
+      auto dl = detail::decode_deadletter(vv);
+      if (!dl || dl->peer < 1 || dl->peer > diffs.size()) {
+        rep.clean = false;
+        rep.problems.push_back("dead-letter entry " + std::to_string(key64(kv)) + " is unreadable");
+        continue;
+      }
+      ++diffs[dl->peer - 1].counted_deadletter;
+      diffs[dl->peer - 1].counted_deadletter_bytes += vv.size();
+    }
+  }
+  for (auto& d : diffs) {
+    auto& c = d.counters;
+    d.loss = static_cast<std::int64_t>(c.routed) -
+             static_cast<std::int64_t>(c.delivered + c.queued + c.deadletter + c.evicted + c.purged);
+    auto check = [&](bool ok, std::string what) {
+      if (!ok) {
+        rep.clean = false;
+        rep.problems.push_back("peer " + d.peer + ": " + what);
+      }
+    };
+    check(d.loss == 0, "routed " + std::to_string(c.routed) + " != delivered " + std::to_string(c.delivered) +
+                           " + queued " + std::to_string(c.queued) + " + deadletter " + std::to_string(c.deadletter) +
+                           " + evicted " + std::to_string(c.evicted) + " + purged " + std::to_string(c.purged) +
+                           " (loss " + std::to_string(d.loss) + ")");
+    check(c.queued == d.counted_queued, "queued counter " + std::to_string(c.queued) + " but " +
+                                            std::to_string(d.counted_queued) + " segments in its queue");
+    check(c.queued_bytes == d.counted_queued_bytes, "queued_bytes counter " + std::to_string(c.queued_bytes) +
+                                                        " but " + std::to_string(d.counted_queued_bytes) +
+                                                        " bytes in its queue");
+    check(c.deadletter == d.counted_deadletter, "deadletter counter " + std::to_string(c.deadletter) + " but " +
+                                                    std::to_string(d.counted_deadletter) + " dead-letter entries");
+    check(c.deadletter_bytes == d.counted_deadletter_bytes,
+          "deadletter_bytes counter " + std::to_string(c.deadletter_bytes) + " but " +
+              std::to_string(d.counted_deadletter_bytes) + " dead-letter bytes");
+  }
+  rep.peers = std::move(diffs);
+  return rep;
+}
+
+const store_options& store::options() const noexcept { return impl_->opt; }
+
+void store::set_commit_observer(commit_observer obs) {
+  std::lock_guard lk(impl_->q_mu);
+  impl_->observer = std::move(obs);
+}
+
+} // namespace edgerelay::queue
