@@ -20,6 +20,7 @@
 #include <random>
 #include <shared_mutex>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
@@ -61,6 +62,10 @@ namespace {
 constexpr std::uint32_t format_version = 1;
 constexpr std::string_view magic = "edgerelay-store";
 constexpr std::size_t max_read_scan = 65536; // entries examined per read_batch at most
+// Pages of the read-only map that a drain has touched stay resident (and
+// count in RSS) until dropped; dropping them every so many bytes read keeps
+// memory flat however large the backlog. The data stays in the page cache.
+constexpr std::uint64_t trim_every_bytes = 16ull << 20;
 
 sys_ec lmdb_ec(int rc) {
   switch (rc) {
@@ -89,8 +94,8 @@ struct counters_codec {
   static peer_counters decode(std::string_view v) {
     util::reader r(v);
     peer_counters c;
-    for (auto* p : {&c.routed, &c.delivered, &c.queued, &c.queued_bytes, &c.deadletter, &c.deadletter_bytes,
-                    &c.evicted, &c.purged, &c.attempts})
+    for (auto* p : {&c.routed, &c.delivered, &c.queued, &c.queued_bytes, &c.deadletter, &c.deadletter_bytes, &c.evicted,
+                    &c.purged, &c.attempts})
       *p = r.u64();
     return c;
   }
@@ -113,12 +118,21 @@ struct globals {
   static globals decode(std::string_view v) {
     globals g;
     util::reader r(v);
-    for (auto* p : {&g.gseq, &g.oseq, &g.dlseq, &g.evseq, &g.accepted, &g.duplicates, &g.rejected,
-                    &g.deadletter_bytes, &g.deadletter_segments})
+    for (auto* p : {&g.gseq, &g.oseq, &g.dlseq, &g.evseq, &g.accepted, &g.duplicates, &g.rejected, &g.deadletter_bytes,
+                    &g.deadletter_segments})
       *p = r.u64();
     return g;
   }
 };
+
+std::size_t decimal_digits(std::uint64_t v) {
+  std::size_t n = 1;
+  while (v >= 10) {
+    v /= 10;
+    ++n;
+  }
+  return n;
+}
 
 std::string be32key(std::uint32_t v) {
   std::string s(4, '\0');
@@ -141,7 +155,8 @@ void sorted_erase(std::vector<std::uint64_t>& v, std::vector<std::uint64_t> del)
   auto out = v.begin();
   auto d = del.begin();
   for (auto it = v.begin(); it != v.end(); ++it) {
-    while (d != del.end() && *d < *it) ++d;
+    while (d != del.end() && *d < *it)
+      ++d;
     if (d != del.end() && *d == *it) continue;
     *out++ = *it;
   }
@@ -157,8 +172,8 @@ struct peer_rt {
   std::string name;
   MDB_dbi dbi = 0;
   std::mutex mu;
-  std::uint64_t cursor = 0;            // every key below is leased or gone
-  std::vector<std::uint64_t> leased;   // sorted; also holds keys pinned for eviction
+  std::uint64_t cursor = 0;          // every key below is leased or gone
+  std::vector<std::uint64_t> leased; // sorted; also holds keys pinned for eviction
 };
 
 struct request {
@@ -183,6 +198,8 @@ struct request {
   maintenance_result mres;
   peer_id pid = 0;
   bool parked = false;
+  bool shed = false; // failed for lack of map space in this group
+  bool shed_retried = false;
   std::vector<std::uint64_t> unlease; // keys whose lease ends when this commits
 };
 
@@ -194,16 +211,26 @@ struct store::impl {
   MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0;
   std::uint64_t map_size = 0, max_map = 0;
 
-  mutable std::shared_mutex map_mu;   // shared by every read txn; exclusive to resize the map
-  mutable std::shared_mutex peers_mu; // guards peers / by_name growth
+  mutable std::shared_mutex map_mu;            // shared by every read txn; exclusive to resize the map
+  mutable std::shared_mutex peers_mu;          // guards peers / by_name growth
   std::vector<std::unique_ptr<peer_rt>> peers; // index = id - 1
   std::unordered_map<std::string, peer_id> by_name;
 
-  mutable std::mutex stats_mu;        // guards committed, cglob, commits
+  mutable std::mutex stats_mu;          // guards committed, cglob, commits
   std::vector<peer_counters> committed; // index = id - 1
   globals cglob;
   std::uint64_t commits = 0;
   std::atomic<std::uint64_t> refused_early{0}; // segments refused before reaching the writer
+  std::atomic<std::uint64_t> read_since_trim{0};
+
+  // Drops this process's mappings of the map's pages (MADV_DONTNEED on a
+  // read-only shared file mapping: later reads fault them back in from the
+  // page cache). Caller holds map_mu shared so the map cannot move.
+  void trim_map() {
+    MDB_envinfo info;
+    if (mdb_env_info(env, &info) == MDB_SUCCESS && info.me_mapaddr)
+      ::madvise(info.me_mapaddr, info.me_mapsize, MADV_DONTNEED);
+  }
   commit_observer observer;
 
   std::mutex q_mu;
@@ -265,10 +292,16 @@ struct store::impl {
             break;
         }
         if (stopping && pending.empty() && parked.empty()) return;
+        // Order: writes that free room (acks, nacks, ...) first, then the
+        // enqueues that waited for room, oldest first, then new enqueues.
         group.clear();
-        for (auto& p : parked) group.push_back(std::move(p));
+        for (auto& p : pending)
+          if (p->k != request::kind::enqueue) group.push_back(std::move(p));
+        for (auto& p : parked)
+          group.push_back(std::move(p));
         parked.clear();
-        for (auto& p : pending) group.push_back(std::move(p));
+        for (auto& p : pending)
+          if (p) group.push_back(std::move(p));
         pending.clear();
       }
       if (stopping) {
@@ -292,10 +325,14 @@ struct store::impl {
 
   void process(std::vector<std::unique_ptr<request>>& group) {
     bool shed_enqueues = false;
+    bool committed_ok = false;
     const std::size_t peers_before = peers.size();
     for (;;) {
       int rc = try_group(group, shed_enqueues);
-      if (rc == MDB_SUCCESS) break;
+      if (rc == MDB_SUCCESS) {
+        committed_ok = true;
+        break;
+      }
       rollback_peers(peers_before);
       if (rc == MDB_MAP_FULL && !shed_enqueues) {
         if (grow_map()) continue;
@@ -314,35 +351,52 @@ struct store::impl {
       }
       break;
     }
-    // Leases end and pins drop only now that the outcome is known.
+    // Leases end and pins drop only now that the outcome is known. After a
+    // commit those keys are gone; after a failure they are still queued and
+    // must become readable again, so the read cursor moves back to them.
     for (auto& r : group) {
       if (r->unlease.empty()) continue;
       if (peer_rt* p = peer(r->peer)) {
         std::lock_guard lk(p->mu);
+        if (!committed_ok) p->cursor = std::min(p->cursor, *std::min_element(r->unlease.begin(), r->unlease.end()));
         sorted_erase(p->leased, std::move(r->unlease));
       }
     }
-    unpin_all();
-    std::vector<std::unique_ptr<request>> again;
+    unpin_all(!committed_ok);
+    // Pages freed by a commit are reusable by LMDB only from the transaction
+    // after next, so an enqueue shed at the map ceiling gets one more try in
+    // a transaction of its own before it fails.
+    std::vector<std::unique_ptr<request>> again, retry_shed;
     for (auto& r : group) {
       if (r->parked) {
         again.push_back(std::move(r));
         continue;
       }
+      if (r->shed && !r->shed_retried && committed_ok) {
+        r->shed_retried = true;
+        retry_shed.push_back(std::move(r));
+        continue;
+      }
       complete(*r);
     }
+    if (!retry_shed.empty()) process(retry_shed);
     if (!again.empty()) {
       std::lock_guard lk(q_mu);
-      for (auto& r : again) parked.push_back(std::move(r));
+      for (auto& r : again)
+        parked.push_back(std::move(r));
     }
   }
 
-  void unpin_all() {
+  // Drops the eviction pins. `still_queued`: the eviction did not commit, so
+  // the victims are readable again and the read cursor must not skip them.
+  void unpin_all(bool still_queued) {
     std::map<peer_rt*, std::vector<std::uint64_t>> by_peer;
-    for (auto& [p, k] : pinned) by_peer[p].push_back(k);
+    for (auto& [p, k] : pinned)
+      by_peer[p].push_back(k);
     pinned.clear();
     for (auto& [p, keys] : by_peer) {
       std::lock_guard lk(p->mu);
+      if (still_queued) p->cursor = std::min(p->cursor, *std::min_element(keys.begin(), keys.end()));
       sorted_erase(p->leased, std::move(keys));
     }
   }
@@ -360,7 +414,7 @@ struct store::impl {
   // Applies the whole group in one write transaction and commits it.
   int try_group(std::vector<std::unique_ptr<request>>& group, bool shed_enqueues) {
     auto t0 = std::chrono::steady_clock::now();
-    unpin_all();
+    unpin_all(true);
     {
       std::lock_guard lk(stats_mu);
       work = committed;
@@ -371,6 +425,7 @@ struct store::impl {
     if (rc) return rc;
     for (auto& r : group) {
       r->parked = false;
+      r->shed = false;
       r->unlease.clear();
       r->ec = {};
       if (r->k == request::kind::enqueue && shed_enqueues) {
@@ -378,6 +433,7 @@ struct store::impl {
         r->eres.ec = errc::store_full;
         r->eres.message = "the store's map reached its ceiling of " + std::to_string(max_map) +
                           " bytes; free space by delivering or purging, or raise the capacity";
+        r->shed = true;
         continue;
       }
       rc = apply(w, *r);
@@ -399,8 +455,7 @@ struct store::impl {
       cglob = wglob;
       ++commits;
     }
-    if (observer)
-      observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), group.size());
+    if (observer) observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), group.size());
     return MDB_SUCCESS;
   }
 
@@ -431,20 +486,26 @@ struct store::impl {
     case request::kind::dl_retry:
     case request::kind::dl_purge:
       if (r.on_count) {
-        if (r.ec) r.on_count(r.ec);
-        else r.on_count(r.count);
+        if (r.ec)
+          r.on_count(r.ec);
+        else
+          r.on_count(r.count);
       }
       break;
     case request::kind::maintenance:
       if (r.on_maint) {
-        if (r.ec) r.on_maint(r.ec);
-        else r.on_maint(r.mres);
+        if (r.ec)
+          r.on_maint(r.ec);
+        else
+          r.on_maint(r.mres);
       }
       break;
     case request::kind::add_peer:
       if (r.on_peer) {
-        if (r.ec) r.on_peer(r.ec);
-        else r.on_peer(r.pid);
+        if (r.ec)
+          r.on_peer(r.ec);
+        else
+          r.on_peer(r.pid);
       }
       break;
     }
@@ -452,7 +513,8 @@ struct store::impl {
 
   std::uint64_t queued_bytes_total() const {
     std::uint64_t s = 0;
-    for (auto& c : work) s += c.queued_bytes;
+    for (auto& c : work)
+      s += c.queued_bytes;
     return s;
   }
 
@@ -474,17 +536,19 @@ struct store::impl {
       std::size_t li = 0;
       bool valid = false;
     };
+    // Every peer's lock is held from reading its leases until the victims are
+    // pinned, so no reader can lease a victim in between. Readers take one
+    // peer lock at a time, so taking them all here (in id order) cannot deadlock.
     std::vector<head> heads;
+    std::vector<std::unique_lock<std::mutex>> locks;
     {
       std::shared_lock lk(peers_mu);
       for (auto& p : peers) {
         head h;
         h.p = p.get();
-        {
-          std::lock_guard pl(p->mu);
-          h.key = p->cursor;
-          h.leased = p->leased;
-        }
+        locks.emplace_back(p->mu);
+        h.key = p->cursor;
+        h.leased = p->leased;
         int rc = cursor::open(w, p->dbi, h.c);
         if (rc) return rc;
         heads.push_back(std::move(h));
@@ -501,7 +565,8 @@ struct store::impl {
         }
         if (rc) return rc;
         h.key = key64(kv);
-        while (h.li < h.leased.size() && h.leased[h.li] < h.key) ++h.li;
+        while (h.li < h.leased.size() && h.leased[h.li] < h.key)
+          ++h.li;
         if (h.li < h.leased.size() && h.leased[h.li] == h.key) {
           rc = h.c.get(kv, vv, MDB_NEXT);
           continue;
@@ -536,10 +601,10 @@ struct store::impl {
     }
     // Pin the victims so no reader leases them before this transaction commits.
     for (auto& v : victims) {
-      std::lock_guard pl(v.h->p->mu);
       sorted_insert(v.h->p->leased, {v.key});
       pinned.emplace_back(v.h->p, v.key);
     }
+    locks.clear();
     std::int64_t now = now_ms();
     for (auto& v : victims) {
       std::string k = key64(v.key);
@@ -611,7 +676,8 @@ struct store::impl {
       } else {
         ++fresh_without_id;
       }
-      std::size_t idlen = s.id.empty() ? opt.node_id.size() + 1 + 20 : s.id.size();
+      std::size_t idlen =
+          s.id.empty() ? opt.node_id.size() + 1 + decimal_digits(wglob.oseq + fresh_without_id - 1) : s.id.size();
       need += detail::record_size(idlen, s.stream.size(), 0, s.payload.size()) * s.peers.size();
     }
     bool ok = false;
@@ -627,8 +693,8 @@ struct store::impl {
       if (opt.overflow == overflow_policy::block) {
         r.eres.ec = errc::timeout;
         r.eres.message = "no room in the queue within block_timeout (" + std::to_string(opt.block_timeout.count()) +
-                         " ms): " + std::to_string(used) + " of " + std::to_string(opt.max_bytes) +
-                         " bytes used, " + std::to_string(need) + " more needed";
+                         " ms): " + std::to_string(used) + " of " + std::to_string(opt.max_bytes) + " bytes used, " +
+                         std::to_string(need) + " more needed";
       } else {
         r.eres.ec = errc::queue_full;
         r.eres.message = "queue full: " + std::to_string(used) + " of " + std::to_string(opt.max_bytes) +
@@ -1057,8 +1123,7 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
     }
   }
   m->lock_fd = ::open((o.data_dir / "edgerelay.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-  if (m->lock_fd < 0)
-    return fail(errc::store_io, "cannot open " + dir + "/edgerelay.lock: " + std::strerror(errno));
+  if (m->lock_fd < 0) return fail(errc::store_io, "cannot open " + dir + "/edgerelay.lock: " + std::strerror(errno));
   if (::flock(m->lock_fd, LOCK_EX | LOCK_NB) != 0)
     return fail(errc::store_io, "data_dir " + dir + " is in use by another edgerelay process; stop it first");
 
@@ -1084,7 +1149,8 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
                                              "data_dir at a new directory to start empty");
     if (rc == MDB_VERSION_MISMATCH)
       return fail(errc::store_foreign,
-                  dir + "/data.mdb was written by an incompatible LMDB version; open it with the edgerelay that made it");
+                  dir +
+                      "/data.mdb was written by an incompatible LMDB version; open it with the edgerelay that made it");
     return fail(lmdb_ec(rc), "cannot open the store in " + dir + ": " + describe(rc));
   }
   {
@@ -1107,29 +1173,32 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
     return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create; point "
                                            "data_dir at an empty directory or at an edgerelay data directory");
   auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(w.get(), name, MDB_CREATE, &dbi); };
-  for (auto [name, dbi] : {std::pair{"meta", &m->meta}, {"peers", &m->peers_db}, {"counters", &m->counters_db},
-                           {"deadletter", &m->dl_db}, {"evictions", &m->evj_db}, {"ids", &m->ids_db},
+  for (auto [name, dbi] : {std::pair{"meta", &m->meta},
+                           {"peers", &m->peers_db},
+                           {"counters", &m->counters_db},
+                           {"deadletter", &m->dl_db},
+                           {"evictions", &m->evj_db},
+                           {"ids", &m->ids_db},
                            {"ids_by_time", &m->ids_t_db}}) {
     rc = open_db(name, *dbi);
     if (rc) {
       if (rc == MDB_INCOMPATIBLE)
-        return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create (\"" +
-                                               name + "\" is not a table)");
+        return fail(errc::store_foreign,
+                    dir + " holds an LMDB environment that edgerelay did not create (\"" + name + "\" is not a table)");
       return fail(lmdb_ec(rc), "cannot open table " + std::string(name) + " in " + dir + ": " + describe(rc));
     }
   }
   std::string_view v;
   if (w.get(m->meta, "magic", v) == MDB_SUCCESS) {
-    if (v != magic)
-      return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create");
+    if (v != magic) return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create");
     std::string_view fv;
     if (w.get(m->meta, "format", fv) != MDB_SUCCESS || fv.size() != 4)
       return fail(errc::store_corrupt, dir + ": store format record missing; restore the directory from a backup");
     auto format = util::get_be32(reinterpret_cast<const unsigned char*>(fv.data()));
     if (format > format_version)
       return fail(errc::store_foreign, dir + " was written by a newer edgerelay (store format " +
-                                             std::to_string(format) + ", this one reads up to " +
-                                             std::to_string(format_version) + "); upgrade edgerelay");
+                                           std::to_string(format) + ", this one reads up to " +
+                                           std::to_string(format_version) + "); upgrade edgerelay");
     std::string_view nid;
     if (w.get(m->meta, "node_id", nid) == MDB_SUCCESS && nid != o.node_id)
       return fail(errc::store_foreign, dir + " belongs to node \"" + std::string(nid) + "\", not \"" + o.node_id +
@@ -1141,8 +1210,8 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
   } else {
     std::string f(4, '\0');
     util::put_be32(reinterpret_cast<unsigned char*>(f.data()), format_version);
-    for (auto [k, val] : {std::pair<std::string_view, std::string_view>{"magic", magic},
-                          {"format", f}, {"node_id", o.node_id}}) {
+    for (auto [k, val] :
+         {std::pair<std::string_view, std::string_view>{"magic", magic}, {"format", f}, {"node_id", o.node_id}}) {
       rc = w.put(m->meta, k, val);
       if (rc) return fail(lmdb_ec(rc), "cannot initialise the store in " + dir + ": " + describe(rc));
     }
@@ -1161,7 +1230,8 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
     }
     std::sort(found.begin(), found.end());
     for (std::size_t i = 0; i < found.size(); ++i) {
-      if (found[i].first != i + 1) return fail(errc::store_corrupt, dir + ": peer ids not dense; restore from a backup");
+      if (found[i].first != i + 1)
+        return fail(errc::store_corrupt, dir + ": peer ids not dense; restore from a backup");
       auto p = std::make_unique<peer_rt>();
       p->id = found[i].first;
       p->name = found[i].second;
@@ -1214,7 +1284,8 @@ std::optional<peer_id> store::find_peer(std::string_view name) const {
 std::vector<std::pair<peer_id, std::string>> store::peers() const {
   std::shared_lock lk(impl_->peers_mu);
   std::vector<std::pair<peer_id, std::string>> out;
-  for (auto& p : impl_->peers) out.emplace_back(p->id, p->name);
+  for (auto& p : impl_->peers)
+    out.emplace_back(p->id, p->name);
   return out;
 }
 
@@ -1233,21 +1304,23 @@ void store::enqueue(std::vector<segment_in> segments, enqueue_callback done) {
   }();
   for (std::size_t i = 0; i < segments.size(); ++i) {
     auto& s = segments[i];
-    auto where = "segment " + std::to_string(i) + ": ";
+    auto where = [i] { return "segment " + std::to_string(i) + ": "; };
     if (!valid_stream_name(s.stream))
       return refuse(errc::bad_stream_name,
-                    where + "stream \"" + std::string(s.stream.substr(0, 80)) + "\" must match [a-z0-9._-]{1,64}");
-    if (s.payload.empty()) return refuse(errc::invalid_argument, where + "payload is empty (segments are 1 byte or more)");
+                    where() + "stream \"" + std::string(s.stream.substr(0, 80)) + "\" must match [a-z0-9._-]{1,64}");
+    if (s.payload.empty())
+      return refuse(errc::invalid_argument, where() + "payload is empty (segments are 1 byte or more)");
     if (s.payload.size() > impl_->opt.max_segment_bytes)
-      return refuse(errc::segment_too_large, where + "payload of " + std::to_string(s.payload.size()) +
+      return refuse(errc::segment_too_large, where() + "payload of " + std::to_string(s.payload.size()) +
                                                  " bytes exceeds max_segment_bytes (" +
                                                  std::to_string(impl_->opt.max_segment_bytes) + ")");
-    if (s.peers.empty()) return refuse(errc::unknown_peer, where + "routed to no peer");
+    if (s.peers.empty()) return refuse(errc::unknown_peer, where() + "routed to no peer");
     for (auto p : s.peers)
-      if (p < 1 || p > npeers) return refuse(errc::unknown_peer, where + "routed to unknown peer id " + std::to_string(p));
-    if (s.id.size() > 200) return refuse(errc::invalid_argument, where + "id longer than 200 bytes");
+      if (p < 1 || p > npeers)
+        return refuse(errc::unknown_peer, where() + "routed to unknown peer id " + std::to_string(p));
+    if (s.id.size() > 200) return refuse(errc::invalid_argument, where() + "id longer than 200 bytes");
     if (s.checksum && *s.checksum != util::checksum(s.payload))
-      return refuse(errc::checksum_mismatch, where + "checksum " + util::checksum_hex(*s.checksum) +
+      return refuse(errc::checksum_mismatch, where() + "checksum " + util::checksum_hex(*s.checksum) +
                                                  " does not match the payload (" +
                                                  util::checksum_hex(util::checksum(s.payload)) + ")");
   }
@@ -1255,8 +1328,7 @@ void store::enqueue(std::vector<segment_in> segments, enqueue_callback done) {
   r->k = request::kind::enqueue;
   r->segs = std::move(segments);
   r->on_enqueue = std::move(done);
-  if (impl_->opt.overflow == overflow_policy::block)
-    r->deadline = impl_->clk->steady_now() + impl_->opt.block_timeout;
+  if (impl_->opt.overflow == overflow_policy::block) r->deadline = impl_->clk->steady_now() + impl_->opt.block_timeout;
   impl_->submit(std::move(r));
 }
 
@@ -1389,14 +1461,17 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   std::string start = key64(p->cursor);
   std::string_view kv = start, vv;
   std::size_t scanned = 0;
+  std::uint64_t scanned_bytes = 0;
   for (rc = c.get(kv, vv, MDB_SET_RANGE); rc == MDB_SUCCESS; rc = c.get(kv, vv, MDB_NEXT)) {
     std::uint64_t key = key64(kv);
+    scanned_bytes += vv.size();
     if (++scanned > max_read_scan) {
       resume = key;
       break;
     }
     resume = key + 1;
-    while (li < p->leased.size() && p->leased[li] < key) ++li;
+    while (li < p->leased.size() && p->leased[li] < key)
+      ++li;
     if (li < p->leased.size() && p->leased[li] == key) continue;
     std::int64_t next_ms;
     if (!detail::decode_next_attempt(vv, next_ms)) return errc::store_corrupt;
@@ -1407,9 +1482,15 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
     }
     auto rec = detail::decode_record(vv);
     if (!rec) return errc::store_corrupt;
-    taken tk{key, out.buffer.size(), rec->attempts, rec->created_ms, rec->checksum,
-             static_cast<std::uint8_t>(rec->id.size()), static_cast<std::uint8_t>(rec->stream.size()),
-             static_cast<std::uint16_t>(rec->last_error.size()), rec->payload.size()};
+    taken tk{key,
+             out.buffer.size(),
+             rec->attempts,
+             rec->created_ms,
+             rec->checksum,
+             static_cast<std::uint8_t>(rec->id.size()),
+             static_cast<std::uint8_t>(rec->stream.size()),
+             static_cast<std::uint16_t>(rec->last_error.size()),
+             rec->payload.size()};
     out.buffer.append(rec->id);
     out.buffer.append(rec->stream);
     out.buffer.append(rec->payload);
@@ -1420,10 +1501,16 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   }
   if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
   t.abort();
+  if (impl_->read_since_trim.fetch_add(scanned_bytes) + scanned_bytes >= trim_every_bytes) {
+    impl_->read_since_trim = 0;
+    impl_->trim_map();
+  }
   // Every key below the cursor is leased or gone; a segment waiting for its
   // backoff holds the cursor so that later scans come back to it.
-  if (first_skip) p->cursor = std::max(p->cursor, *first_skip);
-  else if (resume) p->cursor = std::max(p->cursor, *resume);
+  if (first_skip)
+    p->cursor = std::max(p->cursor, *first_skip);
+  else if (resume)
+    p->cursor = std::max(p->cursor, *resume);
   sorted_insert(p->leased, keys);
   out.segments.reserve(got.size());
   const char* base = out.buffer.data();
@@ -1615,9 +1702,8 @@ result<accounting_report> store::verify_accounting() const {
                            " (loss " + std::to_string(d.loss) + ")");
     check(c.queued == d.counted_queued, "queued counter " + std::to_string(c.queued) + " but " +
                                             std::to_string(d.counted_queued) + " segments in its queue");
-    check(c.queued_bytes == d.counted_queued_bytes, "queued_bytes counter " + std::to_string(c.queued_bytes) +
-                                                        " but " + std::to_string(d.counted_queued_bytes) +
-                                                        " bytes in its queue");
+    check(c.queued_bytes == d.counted_queued_bytes, "queued_bytes counter " + std::to_string(c.queued_bytes) + " but " +
+                                                        std::to_string(d.counted_queued_bytes) + " bytes in its queue");
     check(c.deadletter == d.counted_deadletter, "deadletter counter " + std::to_string(c.deadletter) + " but " +
                                                     std::to_string(d.counted_deadletter) + " dead-letter entries");
     check(c.deadletter_bytes == d.counted_deadletter_bytes,

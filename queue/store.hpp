@@ -58,20 +58,20 @@ struct backoff_policy {
 
 struct store_options {
   std::filesystem::path data_dir;
-  std::string node_id;                                          // origin of the ids this node assigns
-  sync_mode sync = sync_mode::full;                             // default: durable against power loss
-  std::uint64_t max_bytes = 10ull << 30;                        // capacity of all queues together
-  std::uint64_t max_segment_bytes = 4ull << 20;                 // largest payload accepted
-  overflow_policy overflow = overflow_policy::reject;           // what happens at capacity
+  std::string node_id;                                              // origin of the ids this node assigns
+  sync_mode sync = sync_mode::full;                                 // default: durable against power loss
+  std::uint64_t max_bytes = 10ull << 30;                            // capacity of all queues together
+  std::uint64_t max_segment_bytes = 4ull << 20;                     // largest payload accepted
+  overflow_policy overflow = overflow_policy::reject;               // what happens at capacity
   std::chrono::milliseconds block_timeout{std::chrono::seconds{5}}; // overflow = block
-  std::uint32_t max_retry = 10;                                 // failed attempts before dead-letter
-  backoff_policy retry_backoff;                                 // schedule of the next attempt after a failure
+  std::uint32_t max_retry = 10;                                     // failed attempts before dead-letter
+  backoff_policy retry_backoff;                                     // schedule of the next attempt after a failure
   std::chrono::milliseconds deadletter_retention{std::chrono::hours{24 * 7}};
-  std::uint64_t deadletter_max_bytes = 1ull << 30;              // oldest purged first beyond this
+  std::uint64_t deadletter_max_bytes = 1ull << 30; // oldest purged first beyond this
   std::chrono::milliseconds dedupe_window{std::chrono::hours{1}};
-  std::size_t eviction_journal_max = 10000;                     // newest entries kept
-  std::uint64_t max_map_bytes = 0;                              // 0: derived from the capacities
-  util::clock* clock = nullptr;                                 // nullptr: the system clock
+  std::size_t eviction_journal_max = 10000; // newest entries kept
+  std::uint64_t max_map_bytes = 0;          // 0: derived from the capacities
+  util::clock* clock = nullptr;             // nullptr: the system clock
 };
 
 using peer_id = std::uint32_t;
@@ -81,9 +81,9 @@ using peer_id = std::uint32_t;
 struct segment_in {
   std::string_view stream;
   std::string_view payload;
-  std::span<const peer_id> peers;   // the peers it is routed to (at least one)
-  std::string_view id;              // empty: the store assigns "<node id>:<seq>"
-  std::int64_t created_ms = 0;      // 0: now
+  std::span<const peer_id> peers;        // the peers it is routed to (at least one)
+  std::string_view id;                   // empty: the store assigns "<node id>:<seq>"
+  std::int64_t created_ms = 0;           // 0: now
   std::optional<std::uint64_t> checksum; // verified against the payload when given
 };
 
@@ -149,8 +149,8 @@ struct store_stats {
   std::uint64_t duplicates = 0; // segments dropped as already seen
   std::uint64_t rejected = 0;   // segments refused (capacity, size, timeout)
   std::uint64_t queued_bytes = 0, capacity_bytes = 0, deadletter_segments = 0, deadletter_bytes = 0;
-  std::uint64_t commits = 0;    // transactions committed since open
-  std::uint64_t map_bytes = 0;  // current LMDB map size
+  std::uint64_t commits = 0;   // transactions committed since open
+  std::uint64_t map_bytes = 0; // current LMDB map size
 };
 
 struct deadletter_entry {
@@ -158,7 +158,7 @@ struct deadletter_entry {
   std::string id, peer, stream, reason, last_error;
   std::int64_t created_ms = 0, deadlettered_ms = 0;
   std::uint16_t attempts = 0;
-  std::uint64_t bytes = 0;     // payload bytes
+  std::uint64_t bytes = 0; // payload bytes
   std::uint64_t checksum = 0;
 };
 
@@ -193,9 +193,9 @@ struct eviction_record {
 struct accounting_report {
   struct peer_diff {
     std::string peer;
-    peer_counters counters;       // as stored
+    peer_counters counters; // as stored
     std::uint64_t counted_queued = 0, counted_queued_bytes = 0, counted_deadletter = 0, counted_deadletter_bytes = 0;
-    std::int64_t loss = 0;        // routed - (delivered + queued + deadletter + evicted + purged)
+    std::int64_t loss = 0; // routed - (delivered + queued + deadletter + evicted + purged)
   };
   bool clean = true;
   std::vector<peer_diff> peers;

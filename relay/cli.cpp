@@ -16,7 +16,8 @@ int run_cli(int argc, char** argv) {
   std::string demo_dir;
   auto* sd = app.add_subcommand("store-demo", "Exercise the durable queue on this machine and print its accounting");
   sd->add_option("--dir", demo_dir, "Keep the store in this directory (default: a temporary one, removed after)");
-  sd->add_option("--segments", demo.segments, "How many segments the producers send")->check(CLI::Range(16u, 10000000u));
+  sd->add_option("--segments", demo.segments, "How many segments the producers send")
+      ->check(CLI::Range(16u, 10000000u));
   sd->add_option("--producers", demo.producers, "Concurrent producer threads")->check(CLI::Range(1u, 256u));
   sd->add_flag("!--no-progress", demo.progress, "Do not draw progress bars");
 

@@ -131,7 +131,8 @@ int run_store_demo(const store_demo_options& o) {
         }
       });
     }
-    for (auto& p : producers) p.join();
+    for (auto& p : producers)
+      p.join();
     progress("producers -> queue", sent.load(), sent.load(), o.progress);
 
     // 2. Deliver the hub's queue, verifying every checksum.
@@ -149,7 +150,8 @@ int run_store_demo(const store_demo_options& o) {
         continue;
       }
       std::vector<std::uint64_t> keys;
-      for (auto& seg : b->segments) keys.push_back(seg.key);
+      for (auto& seg : b->segments)
+        keys.push_back(seg.key);
       must(!s.nack_wait(*archive, keys, "connect: connection refused (demo)"), "nack failed");
       failed += keys.size();
       progress("archive: failing attempts", s.stats().deadletter_segments, archive_expected, o.progress);
@@ -160,7 +162,9 @@ int run_store_demo(const store_demo_options& o) {
     queue::deadletter_selector all;
     all.all = true;
     auto retried = s.deadletter_retry_wait(all);
-    must(retried && *retried == archive_expected, "dead-letter retry moved " + (retried ? std::to_string(*retried) : retried.error().message()) + " of " + std::to_string(archive_expected));
+    must(retried && *retried == archive_expected, "dead-letter retry moved " +
+                                                      (retried ? std::to_string(*retried) : retried.error().message()) +
+                                                      " of " + std::to_string(archive_expected));
     must(drain(s, *archive, archive_expected, o.progress, "archive: retry + deliver") == archive_expected,
          "archive delivery incomplete");
 
@@ -203,7 +207,8 @@ int run_store_demo(const store_demo_options& o) {
                     static_cast<unsigned long long>(c.evicted), static_cast<unsigned long long>(c.purged),
                     static_cast<long long>(p.loss));
       }
-      for (auto& prob : rep->problems) std::printf("  PROBLEM: %s\n", prob.c_str());
+      for (auto& prob : rep->problems)
+        std::printf("  PROBLEM: %s\n", prob.c_str());
       clean = clean && rep->clean;
     }
     std::printf("\n  %llu segments accepted, %llu failed attempts, %llu dead-lettered and retried, %zu evictions "

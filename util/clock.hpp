@@ -33,8 +33,8 @@ public:
 // lines move together. Thread-safe: any thread may read or advance it.
 class manual_clock final : public clock {
 public:
-  explicit manual_clock(std::chrono::system_clock::time_point start =
-                            std::chrono::system_clock::time_point{std::chrono::hours{24 * 365 * 56}});
+  explicit manual_clock(std::chrono::system_clock::time_point start = std::chrono::system_clock::time_point{
+                            std::chrono::hours{24 * 365 * 56}});
   std::chrono::steady_clock::time_point steady_now() override;
   std::chrono::system_clock::time_point system_now() override;
   const char* kind() const override { return "manual"; }

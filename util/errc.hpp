@@ -36,9 +36,7 @@ const boost::system::error_category& error_category() noexcept;
 error_class classify(const boost::system::error_code& ec) noexcept;
 const char* to_string(error_class c) noexcept;
 
-inline boost::system::error_code make_error_code(errc e) noexcept {
-  return {static_cast<int>(e), error_category()};
-}
+inline boost::system::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 template <class T>
 using result = boost::system::result<T>;

@@ -143,7 +143,7 @@ struct scaled {
 // The fraction's contribution floor(0.d1d2...dk * mult) is computed from the
 // last digit up, g = (d * mult + g) / 10, which never exceeds mult; a non-zero
 // remainder at any step means a fractional part that no later step removes.
-// mult must be at most max_u64 / 10.
+// mult must be at most 2^64 / 10.
 scaled scale(const number& n, std::uint64_t mult) noexcept {
   scaled r;
   std::uint64_t base = 0;
@@ -189,20 +189,12 @@ std::string unknown_unit(const unit_def (&table)[N], std::string_view unit, std:
   return m;
 }
 
-constexpr std::uint64_t kilo = 1000;
-constexpr std::uint64_t kibi = 1024;
+constexpr std::uint64_t kilo = 1000, mega = kilo * 1000, giga = mega * 1000, tera = giga * 1000;
+constexpr std::uint64_t kibi = 1024, mebi = kibi * 1024, gibi = mebi * 1024, tebi = gibi * 1024;
 
 constexpr unit_def size_units[] = {
-    {"B", 1},
-    {"KB", kilo},
-    {"kB", kilo},
-    {"MB", kilo* kilo},
-    {"GB", kilo* kilo* kilo},
-    {"TB", kilo* kilo* kilo* kilo},
-    {"KiB", kibi},
-    {"MiB", kibi* kibi},
-    {"GiB", kibi* kibi* kibi},
-    {"TiB", kibi* kibi* kibi* kibi},
+    {"B", 1},     {"KB", kilo},  {"kB", kilo},  {"MB", mega},  {"GB", giga},
+    {"TB", tera}, {"KiB", kibi}, {"MiB", mebi}, {"GiB", gibi}, {"TiB", tebi},
 };
 constexpr std::string_view size_units_text = "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB";
 
@@ -216,29 +208,11 @@ constexpr std::string_view duration_units_text = "ms, s, m, h or d";
 // In bytes per second: Kbit and up are whole numbers of bytes; "bit" is
 // counted in bits and divided by 8.
 constexpr unit_def rate_units[] = {
-    {"bit", 1, 8},
-    {"bit/s", 1, 8},
-    {"bps", 1, 8},
-    {"Kbit", 125},
-    {"Kbit/s", 125},
-    {"Kbps", 125},
-    {"kbit", 125},
-    {"kbit/s", 125},
-    {"kbps", 125},
-    {"Mbit", 125'000},
-    {"Mbit/s", 125'000},
-    {"Mbps", 125'000},
-    {"Gbit", 125'000'000},
-    {"Gbit/s", 125'000'000},
-    {"Gbps", 125'000'000},
-    {"B/s", 1},
-    {"KB/s", kilo},
-    {"kB/s", kilo},
-    {"MB/s", kilo* kilo},
-    {"GB/s", kilo* kilo* kilo},
-    {"KiB/s", kibi},
-    {"MiB/s", kibi* kibi},
-    {"GiB/s", kibi* kibi* kibi},
+    {"bit", 1, 8},       {"bit/s", 1, 8},   {"bps", 1, 8},         {"Kbit", 125},           {"Kbit/s", 125},
+    {"Kbps", 125},       {"kbit", 125},     {"kbit/s", 125},       {"kbps", 125},           {"Mbit", 125'000},
+    {"Mbit/s", 125'000}, {"Mbps", 125'000}, {"Gbit", 125'000'000}, {"Gbit/s", 125'000'000}, {"Gbps", 125'000'000},
+    {"B/s", 1},          {"KB/s", kilo},    {"kB/s", kilo},        {"MB/s", mega},          {"GB/s", giga},
+    {"KiB/s", kibi},     {"MiB/s", mebi},   {"GiB/s", gibi},
 };
 // Byte units that are rates once "/s" is added.
 constexpr std::string_view rate_byte_units[] = {"B", "KB", "kB", "MB", "GB", "KiB", "MiB", "GiB"};
@@ -406,14 +380,8 @@ parsed<std::uint64_t> parse_rate(std::string_view text) {
 
 std::string format_size(std::uint64_t bytes) {
   static constexpr format_unit units[] = {
-      {"TiB", kibi * kibi * kibi * kibi},
-      {"TB", kilo * kilo * kilo * kilo},
-      {"GiB", kibi * kibi * kibi},
-      {"GB", kilo * kilo * kilo},
-      {"MiB", kibi * kibi},
-      {"MB", kilo * kilo},
-      {"KiB", kibi},
-      {"KB", kilo},
+      {"TiB", tebi}, {"TB", tera}, {"GiB", gibi}, {"GB", giga},
+      {"MiB", mebi}, {"MB", mega}, {"KiB", kibi}, {"KB", kilo},
   };
   return format_exact(bytes, units, "B");
 }
@@ -440,12 +408,7 @@ std::string format_duration(std::chrono::milliseconds d) {
 
 std::string format_rate(std::uint64_t bytes_per_s) {
   static constexpr format_unit units[] = {
-      {"GiB/s", kibi * kibi * kibi},
-      {"GB/s", kilo * kilo * kilo},
-      {"MiB/s", kibi * kibi},
-      {"MB/s", kilo * kilo},
-      {"KiB/s", kibi},
-      {"KB/s", kilo},
+      {"GiB/s", gibi}, {"GB/s", giga}, {"MiB/s", mebi}, {"MB/s", mega}, {"KiB/s", kibi}, {"KB/s", kilo},
   };
   return format_exact(bytes_per_s, units, "B/s");
 }

@@ -1,0 +1,799 @@
+#include "queue/store.hpp"
+#include "tests/support/result_printer.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "util/checksum.hpp"
+
+#include <catch2/catch.hpp>
+#include <lmdb.h>
+
+#include <csignal>
+#include <fstream>
+#include <future>
+#include <set>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace edgerelay;
+using namespace std::chrono_literals;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (auto& x : v)
+    s += x + "\n";
+  return s;
+}
+
+struct fixture {
+  test::temp_dir dir{"store"};
+  util::manual_clock clk;
+  queue::store_options opt;
+  std::unique_ptr<queue::store> s;
+  queue::peer_id a = 0, b = 0;
+
+  explicit fixture(const std::function<void(queue::store_options&)>& tweak = {}) {
+    opt.data_dir = dir / "data";
+    opt.node_id = "n1";
+    opt.clock = &clk;
+    opt.max_retry = 3;
+    opt.retry_backoff = {1000ms, 60000ms, 2.0, 0.0};
+    if (tweak) tweak(opt);
+    open();
+  }
+  void open() {
+    auto r = queue::store::open(opt);
+    INFO((r ? std::string() : r.error().message));
+    REQUIRE(r);
+    s = std::move(*r);
+    a = *s->add_peer("a");
+    b = *s->add_peer("b");
+  }
+  void reopen() {
+    s.reset();
+    open();
+  }
+  // Enqueues n segments of `size` bytes (payload "<tag><i>" padded) and returns their ids.
+  std::vector<std::string> put(int n, std::vector<queue::peer_id> peers, std::size_t size = 16,
+                               std::string stream = "s1", std::string tag = "p") {
+    std::vector<std::string> payloads;
+    for (int i = 0; i < n; ++i) {
+      auto p = tag + std::to_string(i);
+      p.resize(std::max(size, p.size()), '.');
+      payloads.push_back(p);
+    }
+    std::vector<queue::segment_in> segs;
+    for (auto& p : payloads)
+      segs.push_back({stream, p, peers});
+    auto r = s->enqueue_wait(std::move(segs));
+    INFO(r.message);
+    REQUIRE_FALSE(r.ec);
+    std::vector<std::string> ids;
+    for (int i = 0; i < n; ++i)
+      ids.push_back("n1:" + std::to_string(r.first_seq + static_cast<std::uint64_t>(i)));
+    return ids;
+  }
+  queue::batch read(queue::peer_id p, std::size_t max = 1000, std::uint64_t bytes = 1ull << 30) {
+    auto r = s->read_batch(p, max, bytes);
+    REQUIRE(r);
+    return std::move(*r);
+  }
+  static std::vector<std::uint64_t> keys(const queue::batch& bt) {
+    std::vector<std::uint64_t> k;
+    for (auto& x : bt.segments)
+      k.push_back(x.key);
+    return k;
+  }
+  static std::vector<std::string> ids(const queue::batch& bt) {
+    std::vector<std::string> k;
+    for (auto& x : bt.segments)
+      k.emplace_back(x.id);
+    return k;
+  }
+  void check_accounting() {
+    auto r = s->verify_accounting();
+    REQUIRE(r);
+    INFO(join(r->problems));
+    CHECK(r->clean);
+  }
+  queue::peer_counters counters(queue::peer_id p) {
+    for (auto& ps : s->stats().peers)
+      if (ps.id == p) return ps.counters;
+    FAIL("no such peer");
+    return {};
+  }
+  std::vector<queue::deadletter_entry> deadletters() {
+    queue::deadletter_filter f;
+    f.limit = 100000;
+    auto r = s->deadletter_list(f);
+    REQUIRE(r);
+    return r->entries;
+  }
+};
+
+} // namespace
+
+TEST_CASE("enqueue assigns node:seq ids and keeps stream, created time and checksum") {
+  fixture f;
+  std::string p1 = "hello", p2 = "world!";
+  const queue::peer_id to[] = {f.a};
+  auto r = f.s->enqueue_wait({{"metrics", p1, to, {}, 1234}, {"logs.app", p2, to}});
+  REQUIRE_FALSE(r.ec);
+  REQUIRE(r.status.size() == 2);
+  auto bt = f.read(f.a);
+  REQUIRE(bt.segments.size() == 2);
+  CHECK(bt.segments[0].id == "n1:" + std::to_string(r.first_seq));
+  CHECK(bt.segments[1].id == "n1:" + std::to_string(r.first_seq + 1));
+  CHECK(bt.segments[0].stream == "metrics");
+  CHECK(bt.segments[0].created_ms == 1234);
+  CHECK(bt.segments[1].created_ms == util::to_unix_ms(f.clk.system_now()));
+  CHECK(bt.segments[0].payload == "hello");
+  CHECK(bt.segments[1].checksum == util::checksum("world!"));
+  CHECK(bt.payload_bytes == 11);
+  f.check_accounting();
+}
+
+TEST_CASE("per-peer queues are FIFO and a segment routed to two peers is in both") {
+  fixture f;
+  auto ids = f.put(5, {f.a, f.b});
+  auto more = f.put(3, {f.b});
+  CHECK(fixture::ids(f.read(f.a)) == ids);
+  auto all_b = ids;
+  all_b.insert(all_b.end(), more.begin(), more.end());
+  CHECK(fixture::ids(f.read(f.b)) == all_b);
+  CHECK(f.counters(f.a).routed == 5);
+  CHECK(f.counters(f.b).routed == 8);
+  f.check_accounting();
+}
+
+TEST_CASE("a read leases its segments until ack, nack, reject or release") {
+  fixture f;
+  f.put(10, {f.a});
+  auto first = f.read(f.a, 4);
+  REQUIRE(first.segments.size() == 4);
+  auto second = f.read(f.a, 100);
+  REQUIRE(second.segments.size() == 6);
+  CHECK(f.read(f.a).segments.empty());
+  CHECK(f.s->stats().peers[0].inflight == 10);
+  // Dropping the first lease makes those four readable again, in order.
+  auto k1 = fixture::keys(first);
+  f.s->release(f.a, k1);
+  auto again = f.read(f.a);
+  CHECK(fixture::ids(again) == fixture::ids(first));
+  // Ack deletes.
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(again)));
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(second)));
+  CHECK(f.read(f.a).segments.empty());
+  auto c = f.counters(f.a);
+  CHECK(c.delivered == 10);
+  CHECK(c.queued == 0);
+  CHECK(c.queued_bytes == 0);
+  CHECK(f.s->stats().peers[0].inflight == 0);
+  f.check_accounting();
+}
+
+TEST_CASE("read_batch honours max_segments and max_bytes but returns at least one segment") {
+  fixture f;
+  f.put(10, {f.a}, 100);
+  CHECK(f.read(f.a, 3).segments.size() == 3);
+  CHECK(f.read(f.a, 100, 250).segments.size() == 3); // stops once 250 bytes are reached
+  CHECK(f.read(f.a, 100, 1).segments.size() == 1);
+}
+
+TEST_CASE("acking twice is harmless and counts once") {
+  fixture f;
+  f.put(2, {f.a});
+  auto bt = f.read(f.a);
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(bt)));
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(bt)));
+  CHECK(f.counters(f.a).delivered == 2);
+  f.check_accounting();
+}
+
+TEST_CASE("a nack counts an attempt and schedules the next by exponential backoff on the clock") {
+  fixture f([](auto& o) {
+    o.max_retry = 10;
+    o.retry_backoff = {1000ms, 5000ms, 2.0, 0.0};
+  });
+  f.put(1, {f.a});
+  // Attempt n waits initial * multiplier^(n-1), capped at max: 1 s, 2 s, 4 s, 5 s, 5 s.
+  for (auto wait : {1000ms, 2000ms, 4000ms, 5000ms, 5000ms}) {
+    auto bt = f.read(f.a);
+    REQUIRE(bt.segments.size() == 1);
+    REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(bt), "connection refused"));
+    auto none = f.read(f.a);
+    CHECK(none.segments.empty());
+    REQUIRE(none.next_ready);
+    CHECK(*none.next_ready == f.clk.system_now() + wait);
+    f.clk.advance(wait - 1ms);
+    CHECK(f.read(f.a).segments.empty()); // not a millisecond early
+    f.clk.advance(1ms);
+  }
+  auto bt = f.read(f.a);
+  REQUIRE(bt.segments.size() == 1);
+  CHECK(bt.segments[0].attempts == 5);
+  CHECK(f.counters(f.a).attempts == 5);
+  f.check_accounting();
+}
+
+TEST_CASE("backoff jitter stays within its fraction") {
+  fixture f([](auto& o) {
+    o.max_retry = 100;
+    o.retry_backoff = {10000ms, 10000ms, 1.0, 0.2};
+  });
+  f.put(50, {f.a});
+  auto bt = f.read(f.a);
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(bt), "x"));
+  f.clk.advance(7999ms);
+  CHECK(f.read(f.a).segments.empty());
+  f.clk.advance(4001ms);
+  CHECK(f.read(f.a).segments.size() == 50);
+}
+
+TEST_CASE("a nacked segment reaches the dead-letter store after exactly max_retry attempts") {
+  fixture f; // max_retry 3
+  auto ids = f.put(2, {f.a});
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    auto bt = f.read(f.a);
+    REQUIRE(bt.segments.size() == 2);
+    CHECK(f.deadletters().empty());
+    REQUIRE_FALSE(
+        f.s->nack_wait(f.a, fixture::keys(bt), "timeout after 30s (attempt " + std::to_string(attempt) + ")"));
+    f.clk.advance(1h);
+    f.check_accounting();
+  }
+  CHECK(f.read(f.a).segments.empty());
+  auto dl = f.deadletters();
+  REQUIRE(dl.size() == 2);
+  CHECK(dl[0].id == ids[0]);
+  CHECK(dl[0].peer == "a");
+  CHECK(dl[0].reason == "max_retry");
+  CHECK(dl[0].last_error == "timeout after 30s (attempt 3)");
+  CHECK(dl[0].attempts == 3);
+  auto c = f.counters(f.a);
+  CHECK(c.deadletter == 2);
+  CHECK(c.queued == 0);
+  CHECK(f.s->stats().deadletter_segments == 2);
+  f.check_accounting();
+}
+
+TEST_CASE("reject sends a segment to the dead-letter store at once with its reason") {
+  fixture f;
+  f.put(3, {f.a});
+  auto bt = f.read(f.a);
+  REQUIRE_FALSE(f.s->reject_wait(f.a, {{bt.segments[1].key, "rejected:checksum", "upstream says checksum mismatch"}}));
+  f.s->release(f.a, std::vector<std::uint64_t>{bt.segments[0].key, bt.segments[2].key});
+  auto dl = f.deadletters();
+  REQUIRE(dl.size() == 1);
+  CHECK(dl[0].id == bt.segments[1].id);
+  CHECK(dl[0].reason == "rejected:checksum");
+  CHECK(dl[0].last_error == "upstream says checksum mismatch");
+  CHECK(f.read(f.a).segments.size() == 2);
+  f.check_accounting();
+}
+
+TEST_CASE("dead-letter list pages and filters by peer, stream and reason") {
+  fixture f([](auto& o) { o.max_retry = 1; });
+  f.put(5, {f.a}, 16, "alpha");
+  f.put(4, {f.b}, 16, "beta");
+  for (auto p : {f.a, f.b})
+    REQUIRE_FALSE(f.s->nack_wait(p, fixture::keys(f.read(p)), "down"));
+  queue::deadletter_filter flt;
+  flt.limit = 3;
+  auto p1 = f.s->deadletter_list(flt);
+  REQUIRE(p1);
+  CHECK(p1->entries.size() == 3);
+  REQUIRE(p1->next_after);
+  flt.after_key = *p1->next_after;
+  auto p2 = f.s->deadletter_list(flt);
+  REQUIRE(p2);
+  CHECK(p2->entries.size() == 3);
+  flt.after_key = *p2->next_after;
+  auto p3 = f.s->deadletter_list(flt);
+  CHECK(p3->entries.size() == 3);
+  CHECK_FALSE(p3->next_after);
+  queue::deadletter_filter by_peer;
+  by_peer.peer = "b";
+  CHECK(f.s->deadletter_list(by_peer)->entries.size() == 4);
+  queue::deadletter_filter by_stream;
+  by_stream.stream = "alpha";
+  CHECK(f.s->deadletter_list(by_stream)->entries.size() == 5);
+  queue::deadletter_filter by_reason;
+  by_reason.reason = "rejected";
+  CHECK(f.s->deadletter_list(by_reason)->entries.empty());
+  queue::deadletter_filter nobody;
+  nobody.peer = "zzz";
+  CHECK(f.s->deadletter_list(nobody)->entries.empty());
+}
+
+TEST_CASE("dead-letter retry puts segments back in their peer's queue with attempts reset") {
+  fixture f([](auto& o) { o.max_retry = 2; });
+  auto ids = f.put(3, {f.a});
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+    f.clk.advance(1h);
+  }
+  REQUIRE(f.deadletters().size() == 3);
+  queue::deadletter_selector one;
+  one.ids = {ids[1]};
+  auto n = f.s->deadletter_retry_wait(one);
+  REQUIRE(n);
+  CHECK(*n == 1);
+  f.check_accounting();
+  auto bt = f.read(f.a);
+  REQUIRE(bt.segments.size() == 1);
+  CHECK(bt.segments[0].id == ids[1]);
+  CHECK(bt.segments[0].attempts == 0);
+  CHECK(bt.segments[0].payload == "p1..............");
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(bt)));
+  queue::deadletter_selector all;
+  all.all = true;
+  CHECK(*f.s->deadletter_retry_wait(all) == 2);
+  CHECK(f.read(f.a).segments.size() == 2);
+  auto c = f.counters(f.a);
+  CHECK(c.routed == 3);
+  CHECK(c.deadletter == 0);
+  CHECK(c.queued == 2);
+  CHECK(c.delivered == 1);
+  f.check_accounting();
+}
+
+TEST_CASE("dead-letter purge by ids, by age and all counts as purged") {
+  fixture f([](auto& o) { o.max_retry = 1; });
+  auto ids = f.put(2, {f.a});
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+  f.clk.advance(2h);
+  f.put(3, {f.a}, 16, "s1", "q");
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+  queue::deadletter_selector by_id;
+  by_id.ids = {ids[0]};
+  CHECK(*f.s->deadletter_purge_wait(by_id) == 1);
+  queue::deadletter_selector old;
+  old.older_than = 1h;
+  CHECK(*f.s->deadletter_purge_wait(old) == 1); // only the second of the first two is that old
+  CHECK(f.deadletters().size() == 3);
+  queue::deadletter_selector all;
+  all.all = true;
+  CHECK(*f.s->deadletter_purge_wait(all) == 3);
+  auto c = f.counters(f.a);
+  CHECK(c.purged == 5);
+  CHECK(c.deadletter == 0);
+  f.check_accounting();
+}
+
+TEST_CASE("a dead-letter selector must say which entries") {
+  fixture f;
+  queue::deadletter_selector none;
+  CHECK(f.s->deadletter_purge_wait(none).error() == errc::invalid_argument);
+  queue::deadletter_selector two;
+  two.all = true;
+  two.ids = {"x"};
+  CHECK(f.s->deadletter_retry_wait(two).error() == errc::invalid_argument);
+}
+
+TEST_CASE("dead-letter retention purges by age and by deadletter_max_bytes, oldest first") {
+  fixture f([](auto& o) {
+    o.max_retry = 1;
+    o.deadletter_retention = 24h;
+    o.deadletter_max_bytes = 1000;
+  });
+  f.put(2, {f.a}, 100, "s1", "old");
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+  f.clk.advance(20h);
+  f.put(2, {f.a}, 100, "s1", "new");
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+  CHECK(f.deadletters().size() == 4);
+  f.clk.advance(5h); // the first two are now 25 h old
+  auto m = f.s->maintenance_wait();
+  REQUIRE(m);
+  CHECK(m->deadletter_purged == 2);
+  auto dl = f.deadletters();
+  REQUIRE(dl.size() == 2);
+  CHECK_THAT(dl[0].id, Contains("n1:"));
+  // Byte cap: each entry is ~170 bytes; adding eight more pushes the oldest out.
+  f.put(8, {f.a}, 100, "s1", "more");
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+  CHECK(f.s->stats().deadletter_bytes <= 1000);
+  auto after = f.deadletters();
+  CHECK(after.size() < 10);
+  CHECK(after.back().key > dl.back().key); // the newest survive
+  CHECK(f.counters(f.a).purged == 12 - after.size());
+  f.check_accounting();
+}
+
+TEST_CASE("overflow reject fails the whole enqueue with a clear error and stores nothing") {
+  fixture f([](auto& o) {
+    o.max_bytes = 4000;
+    o.overflow = queue::overflow_policy::reject;
+  });
+  f.put(20, {f.a}, 100); // ~2.7 KB with headers
+  std::vector<std::string> payloads(20, std::string(100, 'x'));
+  std::vector<queue::segment_in> segs;
+  const queue::peer_id to[] = {f.a};
+  for (auto& p : payloads)
+    segs.push_back({"s1", p, to});
+  auto r = f.s->enqueue_wait(std::move(segs));
+  CHECK(r.ec == errc::queue_full);
+  CHECK_THAT(r.message, Contains("queue full") && Contains("4000") && Contains("overflow = reject"));
+  CHECK(f.counters(f.a).routed == 20);
+  CHECK(f.s->stats().rejected == 20);
+  f.check_accounting();
+}
+
+TEST_CASE("overflow block waits for room and fails after block_timeout") {
+  fixture f([](auto& o) {
+    o.max_bytes = 3000;
+    o.overflow = queue::overflow_policy::block;
+    o.block_timeout = 10s;
+  });
+  f.put(20, {f.a}, 100);
+  std::string p(1000, 'y');
+  const queue::peer_id to[] = {f.a};
+  // Room appears when the reader acks: the blocked enqueue then completes.
+  std::promise<queue::enqueue_result> done;
+  f.s->enqueue({{"s1", p, to}}, [&](queue::enqueue_result&& r) { done.set_value(std::move(r)); });
+  auto fut = done.get_future();
+  CHECK(fut.wait_for(50ms) == std::future_status::timeout);
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 10))));
+  REQUIRE(fut.wait_for(5s) == std::future_status::ready);
+  CHECK_FALSE(fut.get().ec);
+  // No room and nobody frees any: the deadline on the injected clock fails it.
+  std::string big(2500, 'z');
+  std::promise<queue::enqueue_result> late;
+  f.s->enqueue({{"s1", big, to}}, [&](queue::enqueue_result&& r) { late.set_value(std::move(r)); });
+  auto lf = late.get_future();
+  CHECK(lf.wait_for(50ms) == std::future_status::timeout);
+  f.clk.advance(10s);
+  REQUIRE(lf.wait_for(5s) == std::future_status::ready);
+  auto r = lf.get();
+  CHECK(r.ec == errc::timeout);
+  CHECK_THAT(r.message, Contains("block_timeout"));
+  f.check_accounting();
+}
+
+TEST_CASE("evict_lru evicts least recently used unleased segments and journals each") {
+  fixture f([](auto& o) {
+    o.max_bytes = 1000;
+    o.overflow = queue::overflow_policy::evict_lru;
+  });
+  auto rec = [&](int n, queue::peer_id p, const char* tag) { return f.put(n, {p}, 60, "s1", tag); };
+  auto a1 = rec(2, f.a, "a"); // oldest
+  auto b1 = rec(2, f.b, "b");
+  // A failed attempt makes a1[0] recently used again.
+  auto first = f.read(f.a, 1);
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(first), "down"));
+  // a1[1] is leased now and can never be evicted.
+  auto leased = f.read(f.a, 1);
+  f.clk.advance(1h);
+  REQUIRE(fixture::ids(leased) == std::vector<std::string>{a1[1]});
+  // Each record is ~90 bytes: fill past 1000 so evictions start.
+  auto c1 = rec(8, f.b, "c");
+  auto ev = f.s->evictions(0, 100);
+  REQUIRE(ev);
+  REQUIRE(ev->size() >= 2);
+  // Victim order: b1[0], b1[1] (enqueue order), then a1[0] (its attempt came later), never a1[1].
+  CHECK((*ev)[0].id == b1[0]);
+  CHECK((*ev)[0].peer == "b");
+  CHECK((*ev)[1].id == b1[1]);
+  CHECK((*ev)[0].stream == "s1");
+  CHECK((*ev)[0].bytes == 60);
+  CHECK((*ev)[0].at_ms == util::to_unix_ms(f.clk.system_now()));
+  if (ev->size() >= 3) CHECK((*ev)[2].id == a1[0]);
+  for (auto& e : *ev)
+    CHECK(e.id != a1[1]);
+  CHECK(f.counters(f.a).evicted + f.counters(f.b).evicted == ev->size());
+  CHECK(f.s->stats().queued_bytes <= 1000);
+  f.check_accounting();
+}
+
+TEST_CASE("evict_lru refuses when everything evictable is in flight") {
+  fixture f([](auto& o) {
+    o.max_bytes = 500;
+    o.overflow = queue::overflow_policy::evict_lru;
+  });
+  f.put(4, {f.a}, 60);
+  auto bt = f.read(f.a);
+  REQUIRE(bt.segments.size() == 4);
+  std::string p(200, 'x');
+  const queue::peer_id to[] = {f.a};
+  auto r = f.s->enqueue_wait({{"s1", p, to}});
+  CHECK(r.ec == errc::queue_full);
+  CHECK_THAT(r.message, Contains("in flight"));
+  f.check_accounting();
+}
+
+TEST_CASE("the eviction journal is bounded and keeps the newest entries") {
+  fixture f([](auto& o) {
+    o.max_bytes = 400;
+    o.overflow = queue::overflow_policy::evict_lru;
+    o.eviction_journal_max = 5;
+  });
+  for (int i = 0; i < 20; ++i)
+    f.put(1, {f.a}, 60, "s1", "x" + std::to_string(i) + "-");
+  auto ev = f.s->evictions(0, 100);
+  REQUIRE(ev);
+  CHECK(ev->size() == 5);
+  CHECK(f.counters(f.a).evicted > 5);
+  CHECK(ev->back().seq == f.counters(f.a).evicted);
+  f.check_accounting();
+}
+
+TEST_CASE("a received id seen within the dedupe window is dropped as a duplicate") {
+  fixture f([](auto& o) { o.dedupe_window = 1h; });
+  std::string p = "payload";
+  const queue::peer_id to[] = {f.a};
+  auto r1 = f.s->enqueue_wait({{"s1", p, to, "edge7:1"}, {"s1", p, to, "edge7:2"}, {"s1", p, to, "edge7:1"}});
+  REQUIRE_FALSE(r1.ec);
+  CHECK(r1.status ==
+        std::vector{queue::item_status::stored, queue::item_status::stored, queue::item_status::duplicate});
+  auto r2 = f.s->enqueue_wait({{"s1", p, to, "edge7:2"}});
+  CHECK(r2.status == std::vector{queue::item_status::duplicate});
+  auto bt = f.read(f.a);
+  CHECK(fixture::ids(bt) == std::vector<std::string>{"edge7:1", "edge7:2"});
+  CHECK(f.s->stats().duplicates == 2);
+  f.clk.advance(61min);
+  auto m = f.s->maintenance_wait();
+  REQUIRE(m);
+  CHECK(m->dedupe_expired == 2);
+  auto r3 = f.s->enqueue_wait({{"s1", p, to, "edge7:1"}});
+  CHECK(r3.status == std::vector{queue::item_status::stored});
+  f.check_accounting();
+}
+
+TEST_CASE("bad segments are refused with a precise error and nothing is stored") {
+  fixture f([](auto& o) { o.max_segment_bytes = 100; });
+  const queue::peer_id to[] = {f.a};
+  const queue::peer_id nowhere[] = {99};
+  std::string ok = "ok", big(101, 'x');
+  auto r = f.s->enqueue_wait({{"s1", ok, to}, {"Bad Name", ok, to}});
+  CHECK(r.ec == errc::bad_stream_name);
+  CHECK_THAT(r.message, Contains("segment 1") && Contains("Bad Name"));
+  r = f.s->enqueue_wait({{"s1", big, to}});
+  CHECK(r.ec == errc::segment_too_large);
+  CHECK_THAT(r.message, Contains("101") && Contains("max_segment_bytes (100)"));
+  r = f.s->enqueue_wait({{"s1", "", to}});
+  CHECK(r.ec == errc::invalid_argument);
+  r = f.s->enqueue_wait({{"s1", ok, nowhere}});
+  CHECK(r.ec == errc::unknown_peer);
+  r = f.s->enqueue_wait({{"s1", ok, to, "x:1", 0, util::checksum("other")}});
+  CHECK(r.ec == errc::checksum_mismatch);
+  CHECK(f.counters(f.a).routed == 0);
+  CHECK(queue::valid_stream_name("_canary"));
+  CHECK_FALSE(queue::valid_stream_name("_other"));
+  CHECK_FALSE(queue::valid_stream_name(std::string(65, 'a')));
+  CHECK(queue::valid_stream_name("a.b_c-9"));
+}
+
+TEST_CASE("queues, counters, dead letters and backoff schedules survive a reopen") {
+  fixture f([](auto& o) { o.max_retry = 5; });
+  auto ids = f.put(4, {f.a, f.b});
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 1))));
+  auto bt = f.read(f.b, 2);
+  REQUIRE_FALSE(f.s->nack_wait(f.b, fixture::keys(bt), "down"));
+  f.read(f.a); // leased at close: a lease does not outlive the process
+  f.reopen();
+  CHECK(f.counters(f.a).delivered == 1);
+  CHECK(f.counters(f.a).queued == 3);
+  CHECK(f.counters(f.b).attempts == 2);
+  CHECK(f.read(f.a).segments.size() == 3);
+  CHECK(f.read(f.b).segments.size() == 2); // two still in backoff
+  f.clk.advance(1s);
+  CHECK(f.read(f.b).segments.size() == 2);
+  auto more = f.put(1, {f.a});
+  CHECK(more[0] == "n1:5"); // ids keep counting
+  f.check_accounting();
+}
+
+TEST_CASE("sync none stores and reads like full") {
+  fixture f([](auto& o) { o.sync = queue::sync_mode::none; });
+  f.put(100, {f.a});
+  f.reopen();
+  CHECK(f.read(f.a).segments.size() == 100);
+  CHECK(std::string(queue::to_string(queue::sync_mode::none)) == "none");
+}
+
+TEST_CASE("the map grows past its initial size as data arrives") {
+  fixture f([](auto& o) { o.max_bytes = 1ull << 30; });
+  auto before = f.s->stats().map_bytes;
+  std::string chunk(1 << 20, 'm');
+  const queue::peer_id to[] = {f.a};
+  for (int i = 0; i < 80; ++i)
+    REQUIRE_FALSE(f.s->enqueue_wait({{"s1", chunk, to}}).ec);
+  CHECK(f.s->stats().map_bytes > before);
+  CHECK(f.counters(f.a).queued == 80);
+  f.check_accounting();
+}
+
+TEST_CASE("at the map ceiling an enqueue fails cleanly while acks still work") {
+  fixture f([](auto& o) {
+    o.max_bytes = 1ull << 30;
+    o.max_map_bytes = 72ull << 20;
+  });
+  std::string chunk(1 << 20, 'm');
+  const queue::peer_id to[] = {f.a};
+  queue::enqueue_result r;
+  int stored = 0;
+  for (; stored < 200; ++stored) {
+    r = f.s->enqueue_wait({{"s1", chunk, to}});
+    if (r.ec) break;
+  }
+  CHECK(r.ec == errc::store_full);
+  CHECK_THAT(r.message, Contains("ceiling"));
+  CHECK(stored > 30);
+  f.check_accounting();
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 10))));
+  CHECK(f.counters(f.a).delivered == 10);
+  auto after = f.s->enqueue_wait({{"s1", chunk, to}});
+  INFO(after.message);
+  CHECK_FALSE(after.ec);
+  f.check_accounting();
+}
+
+TEST_CASE("a write the filesystem refuses fails cleanly and leaves stored data intact") {
+  // RLIMIT_FSIZE makes the kernel refuse writes past a size (EFBIG), a real
+  // write failure like ENOSPC. Done in a child so the limit stays there.
+  test::temp_dir dir("fsize");
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int code = 0;
+    {
+      queue::store_options o;
+      o.data_dir = dir / "data";
+      o.node_id = "n1";
+      auto s = queue::store::open(o);
+      if (!s) ::_exit(10);
+      auto a = *(*s)->add_peer("a");
+      const queue::peer_id to[] = {a};
+      std::string small(1000, 's');
+      for (int i = 0; i < 50; ++i)
+        if ((*s)->enqueue_wait({{"s1", small, to}}).ec) ::_exit(11);
+      auto size = std::filesystem::file_size(dir / "data" / "data.mdb");
+      std::signal(SIGXFSZ, SIG_IGN);
+      rlimit lim{static_cast<rlim_t>(size + 8192), static_cast<rlim_t>(size + 8192)};
+      ::setrlimit(RLIMIT_FSIZE, &lim);
+      std::string big(1 << 20, 'b');
+      auto r = (*s)->enqueue_wait({{"s1", big, to}});
+      if (!r.ec)
+        code = 12;
+      else if (r.message.find("commit failed") == std::string::npos)
+        code = 13;
+      lim = {RLIM_INFINITY, RLIM_INFINITY};
+      ::setrlimit(RLIMIT_FSIZE, &lim);
+      auto rep = (*s)->verify_accounting();
+      if (!rep || !rep->clean) code = 14;
+      auto bt = (*s)->read_batch(a, 1000, 1ull << 30);
+      if (!bt || bt->segments.size() != 50) code = 15;
+      for (auto& seg : bt->segments)
+        if (seg.payload != small) code = 16;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("open refuses a non-empty directory that holds no store") {
+  test::temp_dir dir("foreign");
+  std::ofstream(dir / "notes.txt") << "hello";
+  queue::store_options o;
+  o.data_dir = dir.path();
+  o.node_id = "n1";
+  auto r = queue::store::open(o);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::store_foreign);
+  CHECK_THAT(r.error().message, Contains("notes.txt") && Contains("not empty"));
+  CHECK(std::filesystem::exists(dir / "notes.txt"));
+}
+
+TEST_CASE("open refuses a corrupt data file and never reinitialises it") {
+  test::temp_dir dir("corrupt");
+  {
+    std::ofstream out(dir / "data.mdb", std::ios::binary);
+    out << std::string(64 << 10, '\x5a');
+  }
+  queue::store_options o;
+  o.data_dir = dir.path();
+  o.node_id = "n1";
+  auto r = queue::store::open(o);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::store_corrupt);
+  CHECK_THAT(r.error().message, Contains("data.mdb") && Contains("backup"));
+  CHECK(std::filesystem::file_size(dir / "data.mdb") == 64u << 10);
+}
+
+TEST_CASE("open refuses an LMDB environment that edgerelay did not create") {
+  test::temp_dir dir("otherlmdb");
+  {
+    MDB_env* env;
+    REQUIRE(mdb_env_create(&env) == 0);
+    mdb_env_set_maxdbs(env, 4);
+    REQUIRE(mdb_env_open(env, dir.path().c_str(), 0, 0640) == 0);
+    MDB_txn* t;
+    mdb_txn_begin(env, nullptr, 0, &t);
+    MDB_dbi dbi;
+    mdb_dbi_open(t, nullptr, 0, &dbi);
+    MDB_val k{3, const_cast<char*>("key")}, v{5, const_cast<char*>("value")};
+    mdb_put(t, dbi, &k, &v, 0);
+    mdb_txn_commit(t);
+    mdb_env_close(env);
+  }
+  queue::store_options o;
+  o.data_dir = dir.path();
+  o.node_id = "n1";
+  auto r = queue::store::open(o);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::store_foreign);
+  CHECK_THAT(r.error().message, Contains("did not create"));
+}
+
+TEST_CASE("open refuses a store of another node id and a store already open") {
+  fixture f;
+  f.put(1, {f.a});
+  queue::store_options o = f.opt;
+  auto busy = queue::store::open(o);
+  REQUIRE_FALSE(busy);
+  CHECK_THAT(busy.error().message, Contains("in use by another edgerelay process"));
+  f.s.reset();
+  o.node_id = "n2";
+  auto other = queue::store::open(o);
+  REQUIRE_FALSE(other);
+  CHECK(other.error().code == errc::store_foreign);
+  CHECK_THAT(other.error().message, Contains("belongs to node \"n1\""));
+}
+
+TEST_CASE("concurrent producers and consumers keep the accounting identity") {
+  fixture f([](auto& o) {
+    o.max_retry = 1000;
+    o.retry_backoff = {0ms, 0ms, 1.0, 0.0};
+  });
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> acked{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::vector<queue::peer_id> to = {t % 2 ? f.a : f.b};
+      for (int i = 0; i < 100; ++i) {
+        std::vector<std::string> ps(10, std::string(50, static_cast<char>('a' + t)));
+        std::vector<queue::segment_in> segs;
+        for (auto& p : ps)
+          segs.push_back({"s1", p, to});
+        REQUIRE_FALSE(f.s->enqueue_wait(std::move(segs)).ec);
+      }
+    });
+  for (auto p : {f.a, f.b})
+    threads.emplace_back([&, p] {
+      std::set<std::string> seen;
+      int n = 0;
+      while (!stop || n % 2 == 0) {
+        auto bt = f.s->read_batch(p, 37, 1 << 20);
+        if (!bt || bt->segments.empty()) {
+          if (stop) break;
+          std::this_thread::yield();
+          continue;
+        }
+        auto k = fixture::keys(*bt);
+        if (++n % 3 == 0)
+          f.s->nack_wait(p, k, "flaky");
+        else {
+          f.s->ack_wait(p, k);
+          acked += k.size();
+        }
+      }
+    });
+  for (int t = 0; t < 4; ++t)
+    threads[static_cast<std::size_t>(t)].join();
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (acked < 4000 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  stop = true;
+  threads[4].join();
+  threads[5].join();
+  CHECK(acked == 4000);
+  f.check_accounting();
+}
