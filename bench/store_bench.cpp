@@ -37,7 +37,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <thread>
 #include <unistd.h>
@@ -314,14 +313,13 @@ std::string tally_error(tally& t) {
 
 // Reads batches of the peer's queue and acks each asynchronously, with at
 // most `depth` batches leased and unacknowledged at once, until `total`
-// segments are acked. `on_batch` sees every batch (for sampling).
+// segments are acked.
 struct drain_result {
   std::uint64_t segments = 0, bytes = 0, batches = 0;
   std::string error;
 };
 drain_result drain(q::store& st, q::peer_id peer, std::uint64_t total, std::size_t max_segments,
-                   std::uint64_t max_batch_bytes, std::ptrdiff_t depth,
-                   const std::function<void(const q::batch&)>& on_batch = {}) {
+                   std::uint64_t max_batch_bytes, std::ptrdiff_t depth) {
   drain_result out;
   window w(depth);
   std::atomic<std::uint64_t> acked{0}, ack_failed{0};
@@ -351,7 +349,6 @@ drain_result drain(q::store& st, q::peer_id peer, std::uint64_t total, std::size
       continue;
     }
     empty_reads = 0;
-    if (on_batch) on_batch(*b);
     std::vector<std::uint64_t> keys;
     keys.reserve(b->segments.size());
     for (auto& s : b->segments)
@@ -707,28 +704,6 @@ private:
   std::thread thread_;
 };
 
-// Experiment, off by default (EDGERELAY_BENCH_DRAIN_DONTNEED=1): what RSS
-// would be if the store dropped the read-only map's pages it has read, by
-// madvise(MADV_DONTNEED) on its mapping of data.mdb. The store does not do
-// this today; the bench finds the mapping in /proc/self/maps. Safe here
-// because the map is read-only and shared (the pages stay in the page cache)
-// and is not remapped while draining: acks free pages rather than grow the
-// map, and the benchmark fails if the map size changed all the same.
-// Returns whether a mapping was found and dropped.
-bool dontneed_mapping(const fs::path& data_file) {
-  std::ifstream in("/proc/self/maps");
-  std::string line;
-  const std::string want = data_file.string();
-  bool dropped = false;
-  while (std::getline(in, line)) {
-    if (line.size() < want.size() || line.compare(line.size() - want.size(), want.size(), want) != 0) continue;
-    unsigned long lo = 0, hi = 0;
-    if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) != 2) continue;
-    if (::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) == 0) dropped = true;
-  }
-  return dropped;
-}
-
 std::uint64_t env_size(const char* name, std::uint64_t fallback, std::string& error) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
@@ -748,8 +723,6 @@ void BM_store_drain_rss(benchmark::State& state) {
   std::string error;
   const std::uint64_t backlog = env_size("EDGERELAY_BENCH_BACKLOG", 256ull << 20, error);
   const std::uint64_t seg_size = env_size("EDGERELAY_BENCH_DRAIN_SEGMENT", 64ull << 10, error);
-  const char* dn = std::getenv("EDGERELAY_BENCH_DRAIN_DONTNEED");
-  const bool dontneed = dn && *dn && std::string_view(dn) != "0";
   if (error.empty() && (seg_size == 0 || seg_size > (4ull << 20))) error = "segment size must be 1 B to 4 MiB";
   if (!error.empty()) {
     state.SkipWithError(error.c_str());
@@ -765,7 +738,7 @@ void BM_store_drain_rss(benchmark::State& state) {
   const std::string& payload = payload_of(seg_size);
   const std::size_t per_request = static_cast<std::size_t>(std::clamp<std::uint64_t>((1ull << 20) / seg_size, 1, 4096));
   rss_kib before_drain, max_rss;
-  std::uint64_t drained = 0, drained_bytes = 0, dropped = 0, samples = 0;
+  std::uint64_t drained = 0, drained_bytes = 0, samples = 0;
   commit_window cw(f);
   for (auto _ : state) {
     state.PauseTiming();
@@ -778,15 +751,7 @@ void BM_store_drain_rss(benchmark::State& state) {
     state.ResumeTiming();
     rss_sampler sampler;
     cw.begin();
-    std::uint64_t since_drop = 0;
-    auto d = drain(*f.st, f.peer, segments, 4096, 1ull << 20, 4, [&](const q::batch& b) {
-      if (!dontneed) return;
-      since_drop += b.payload_bytes;
-      if (since_drop >= (16ull << 20)) {
-        since_drop = 0;
-        dropped += dontneed_mapping(f.dir.path() / "data.mdb") ? 1 : 0;
-      }
-    });
+    auto d = drain(*f.st, f.peer, segments, 4096, 1ull << 20, 4);
     cw.end();
     sampler.stop();
     if (!d.error.empty()) {
@@ -814,10 +779,6 @@ void BM_store_drain_rss(benchmark::State& state) {
   state.counters["rss_pre_fill_MiB"] = static_cast<double>(before_fill.vm) / mib;
   state.counters["rss_samples"] = static_cast<double>(samples);
   cw.report(state);
-  if (dontneed) {
-    state.SetLabel("EXPERIMENT: MADV_DONTNEED on data.mdb every 16 MiB drained");
-    state.counters["dontneed_calls"] = static_cast<double>(dropped);
-  }
 }
 BENCHMARK(BM_store_drain_rss)->UseRealTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 
