@@ -21,6 +21,7 @@
 #include <shared_mutex>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
@@ -312,6 +313,25 @@ struct store::impl {
     }
   }
 
+  // LMDB reports a short write (what a full disk often gives) as EIO, so a
+  // write failure is checked against the free space where the store lives.
+  std::pair<sys_ec, std::string> describe_commit_failure(int rc) const {
+    const std::string dir = opt.data_dir.string();
+    if (rc == ENOSPC || rc == EIO || rc == EFBIG) {
+      struct statvfs fs {};
+      bool known = ::statvfs(dir.c_str(), &fs) == 0;
+      std::uint64_t avail = known ? static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize : 0;
+      if (rc == ENOSPC || (rc == EIO && known && avail < (64ull << 20)))
+        return {sys_ec(ENOSPC, boost::system::system_category()),
+                "store commit failed: the file system holding " + dir + " is full (" + std::to_string(avail) +
+                    " bytes free); nothing already stored was lost — free disk space or lower queue.max_bytes"};
+      return {lmdb_ec(rc), "store commit failed: " + describe(rc) + " writing to " + dir +
+                               (known ? " (" + std::to_string(avail) + " bytes free)" : std::string()) +
+                               "; nothing already stored was lost"};
+    }
+    return {lmdb_ec(rc), "store commit failed: " + describe(rc) + " in " + dir};
+  }
+
   // Forgets peers registered by a transaction that did not commit.
   void rollback_peers(std::size_t keep) {
     std::unique_lock lk(peers_mu);
@@ -340,8 +360,7 @@ struct store::impl {
         continue;
       }
       // A failed commit leaves the committed state as it was: fail every request.
-      sys_ec ec = lmdb_ec(rc);
-      std::string msg = "store commit failed: " + describe(rc);
+      auto [ec, msg] = describe_commit_failure(rc);
       for (auto& r : group) {
         r->ec = ec;
         r->eres = {};

@@ -53,17 +53,18 @@ inline void encode_record(const record_view& r, char* out) {
   util::put_be64(p + 12, static_cast<std::uint64_t>(r.next_attempt_ms));
   util::put_be64(p + 20, r.checksum);
   p += record_fixed;
+  auto copy = [&p](std::string_view s) {
+    if (!s.empty()) std::memcpy(p, s.data(), s.size()); // memcpy from a null empty view is UB
+    p += s.size();
+  };
   *p++ = static_cast<unsigned char>(r.id.size());
-  std::memcpy(p, r.id.data(), r.id.size());
-  p += r.id.size();
+  copy(r.id);
   *p++ = static_cast<unsigned char>(r.stream.size());
-  std::memcpy(p, r.stream.data(), r.stream.size());
-  p += r.stream.size();
+  copy(r.stream);
   util::put_be16(p, static_cast<std::uint16_t>(r.last_error.size()));
   p += 2;
-  std::memcpy(p, r.last_error.data(), r.last_error.size());
-  p += r.last_error.size();
-  if (!r.payload.empty()) std::memcpy(p, r.payload.data(), r.payload.size());
+  copy(r.last_error);
+  copy(r.payload);
 }
 
 // Only the fixed header; cheap enough for scans that skip most records.
