@@ -11,6 +11,7 @@
 #include <charconv>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
@@ -211,6 +212,8 @@ struct store::impl {
   int lock_fd = -1;
   MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0;
   std::uint64_t map_size = 0, max_map = 0;
+  void* map_base = nullptr; // LMDB's read-only mapping of data.mdb, for trim_map()
+  std::size_t map_len = 0;
 
   mutable std::shared_mutex map_mu;            // shared by every read txn; exclusive to resize the map
   mutable std::shared_mutex peers_mu;          // guards peers / by_name growth
@@ -228,9 +231,33 @@ struct store::impl {
   // read-only shared file mapping: later reads fault them back in from the
   // page cache). Caller holds map_mu shared so the map cannot move.
   void trim_map() {
-    MDB_envinfo info;
-    if (mdb_env_info(env, &info) == MDB_SUCCESS && info.me_mapaddr)
-      ::madvise(info.me_mapaddr, info.me_mapsize, MADV_DONTNEED);
+    if (map_base) ::madvise(map_base, map_len, MADV_DONTNEED);
+  }
+
+  // Finds LMDB's mapping of data.mdb (mdb_env_info reports its address only
+  // with MDB_FIXEDMAP): a value read from the map points into it, and
+  // /proc/self/maps gives the mapping's bounds. Called when no transaction
+  // is reading (at open, after a resize under map_mu exclusive).
+  void locate_map() {
+    map_base = nullptr;
+    map_len = 0;
+    txn t;
+    if (txn::begin(env, MDB_RDONLY, t) != MDB_SUCCESS) return;
+    std::string_view v;
+    if (t.get(meta, "magic", v) != MDB_SUCCESS) return;
+    auto addr = reinterpret_cast<std::uintptr_t>(v.data());
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (!f) return;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+      unsigned long lo = 0, hi = 0;
+      if (std::sscanf(line, "%lx-%lx", &lo, &hi) == 2 && addr >= lo && addr < hi) {
+        map_base = reinterpret_cast<void*>(lo);
+        map_len = hi - lo;
+        break;
+      }
+    }
+    std::fclose(f);
   }
   commit_observer observer;
 
@@ -427,6 +454,7 @@ struct store::impl {
     int rc = mdb_env_set_mapsize(env, next);
     if (rc != MDB_SUCCESS) return false;
     map_size = next;
+    locate_map();
     return true;
   }
 
@@ -1272,6 +1300,7 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
   rc = w.commit();
   if (rc) return fail(lmdb_ec(rc), "cannot commit the store's opening transaction in " + dir + ": " + describe(rc));
 
+  m->locate_map();
   impl* raw = m.get();
   std::unique_ptr<store> s(new store(std::move(m)));
   raw->writer = std::thread([raw] { raw->run_writer(); });

@@ -868,3 +868,36 @@ TEST_CASE("concurrent producers and consumers keep the accounting identity") {
   CHECK(acked == 4000);
   f.check_accounting();
 }
+
+namespace {
+// Resident file-backed memory of this process (the LMDB map's pages count here).
+std::uint64_t rss_file_kib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("RssFile:", 0) == 0) return std::stoull(line.substr(8));
+  return 0;
+}
+} // namespace
+
+TEST_CASE("draining a backlog does not keep the map's pages resident") {
+  fixture f([](auto& o) { o.max_bytes = 1ull << 30; });
+  std::string chunk(64 << 10, 'r');
+  const queue::peer_id to[] = {f.a};
+  for (int i = 0; i < 192 * 16; i += 16) { // 192 MiB in requests of 1 MiB
+    std::vector<queue::segment_in> segs(16, queue::segment_in{"s1", chunk, to});
+    REQUIRE_FALSE(f.s->enqueue_wait(std::move(segs)).ec);
+  }
+  auto before = rss_file_kib();
+  std::uint64_t peak = before, drained = 0;
+  for (;;) {
+    auto bt = f.read(f.a, 64, 4 << 20);
+    if (bt.segments.empty()) break;
+    drained += bt.payload_bytes;
+    REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(bt)));
+    peak = std::max(peak, rss_file_kib());
+  }
+  CHECK(drained == 192ull << 20);
+  INFO("RssFile before the drain " << before << " KiB, peak " << peak << " KiB");
+  CHECK(peak - before < 64 * 1024);
+}
