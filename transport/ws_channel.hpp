@@ -1,0 +1,45 @@
+#pragma once
+// transport::ws_channel — one WebSocket connection carrying binary messages,
+// plain or TLS, client or server side, behind one interface. Liveness: the
+// channel pings when idle and closes when nothing (not even a pong) arrives
+// within the idle timeout.
+//
+// Threads: callbacks run on the channel's strand, one at a time. send() and
+// close() may be called from any thread.
+
+#include <boost/system/error_code.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace edgerelay::transport {
+
+struct ws_options {
+  std::size_t max_message_bytes = 64ull << 20;
+  std::chrono::milliseconds idle_timeout{30000}; // a ping goes out at half of it; silence for all of it closes
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::size_t max_queue = 256; // outbound messages waiting to be written
+};
+
+class ws_channel {
+public:
+  struct callbacks {
+    std::function<void(std::string&& message)> on_message;
+    // Called once, when the channel is closed for any reason.
+    std::function<void(const boost::system::error_code& ec, const std::string& why)> on_closed;
+  };
+  virtual ~ws_channel() = default;
+  // Starts reading; call once.
+  virtual void start(callbacks cb) = 0;
+  // Queues a binary message. False when closed or the outbound queue is full.
+  virtual bool send(std::string message) = 0;
+  virtual void close(std::string why) = 0;
+  virtual std::uint64_t bytes_sent() const = 0; // on the wire, WebSocket framing included
+  virtual std::uint64_t bytes_received() const = 0;
+  virtual std::size_t queued() const = 0;
+};
+
+} // namespace edgerelay::transport
