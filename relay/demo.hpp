@@ -1,0 +1,23 @@
+#pragma once
+// `edgerelay demo`: a development PKI, a hub node writing to a file spool and
+// an edge node forwarding to it over the relay protocol (WebSocket, mutual
+// TLS), both on loopback; a mixed workload sent to the edge's ingest API;
+// then every segment is checked at the hub's spool (exactly once, checksum
+// right) and the status of both nodes is printed.
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+
+namespace edgerelay::relay {
+
+struct demo_options {
+  std::optional<std::filesystem::path> dir; // default: a temporary directory, removed afterwards
+  unsigned segments = 3000;
+  std::chrono::seconds timeout{120};
+  bool progress = true;
+};
+
+int run_demo(const demo_options& o); // 0: every segment delivered exactly once, loss 0
+
+} // namespace edgerelay::relay

@@ -1,0 +1,22 @@
+#pragma once
+// A small blocking HTTP/1.1 client for the CLI (status, send, deadletter) and
+// the demo: one request per connection, bounded by a timeout.
+
+#include "util/errc.hpp"
+
+#include <chrono>
+#include <string>
+
+namespace edgerelay::relay {
+
+struct http_reply {
+  unsigned status = 0;
+  std::string body;
+};
+
+// url: "http://host:port/path" or "host:port/path".
+boost::system::result<http_reply, error> http_call(const std::string& method, const std::string& url,
+                                                   const std::string& body = {},
+                                                   std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+} // namespace edgerelay::relay

@@ -1,0 +1,1041 @@
+#include "relay/node.hpp"
+
+#include "queue/store.hpp"
+#include "relay/spool.hpp"
+#include "transport/http_server.hpp"
+#include "transport/relay_codec.hpp"
+#include "transport/tls.hpp"
+#include "transport/ws_client.hpp"
+#include "util/bytes.hpp"
+#include "util/checksum.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+namespace edgerelay::relay {
+
+namespace net = boost::asio;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+using sys_ec = boost::system::error_code;
+
+namespace {
+
+std::string version_string() { return EDGERELAY_VERSION; }
+
+transport::tls_files to_transport(const tls_files& f, const std::vector<allow_rule>& allow = {}) {
+  transport::tls_files t;
+  t.cert = f.cert;
+  t.key = f.key;
+  t.ca = f.ca;
+  t.crl = f.crl;
+  for (auto& a : allow)
+    t.allow.push_back(a.to_string());
+  return t;
+}
+
+const char* state_name(int s) {
+  static const char* names[] = {"connecting", "connected", "backoff", "disabled"};
+  return names[s];
+}
+
+} // namespace
+
+// A peer's forwarder: what the status shows of it and how to stop it.
+class forwarder {
+public:
+  virtual ~forwarder() = default;
+  virtual void start() = 0;
+  virtual void stop() = 0;
+  virtual void notify() = 0; // new data may be queued
+  virtual json::object status() const = 0;
+};
+
+struct node::impl {
+  node_config cfg;
+  util::clock* clk;
+  unsigned threads;
+  std::unique_ptr<queue::store> store;
+  std::vector<queue::peer_id> peer_ids; // index: cfg.peers index
+  net::io_context io;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  std::vector<std::thread> pool;
+  std::unique_ptr<transport::tls_material> listen_tls, ingest_tls, admin_tls;
+  std::shared_ptr<transport::http_server> ingest_srv, listen_srv, admin_srv;
+  std::vector<std::shared_ptr<forwarder>> forwarders;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::atomic<std::uint64_t> handshake_failures{0};
+  std::mutex refused_mu;
+  std::map<std::string, std::uint64_t> refused_by_reason;
+  std::unique_ptr<transport::http_handler> ingest_h, listen_h, admin_h;
+
+  std::vector<queue::peer_id> route(std::string_view stream) const {
+    std::vector<queue::peer_id> out;
+    for (std::size_t i = 0; i < cfg.peers.size(); ++i)
+      if (cfg.peers[i].routes(stream)) out.push_back(peer_ids[i]);
+    return out;
+  }
+  void notify_all() {
+    for (auto& f : forwarders)
+      f->notify();
+  }
+  void count_refused(std::string_view reason) {
+    ++handshake_failures;
+    std::lock_guard lk(refused_mu);
+    ++refused_by_reason[std::string(reason)];
+  }
+  json::object status() const;
+  std::string metrics() const;
+};
+
+// ------------------------------------------------------------ file sink
+
+namespace {
+
+// Delivers a peer's queue into a durable spool directory. Runs on its own
+// thread because every append is fsynced before the segments are acked.
+class file_forwarder final : public forwarder {
+public:
+  file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id) : n_(n), cfg_(p), id_(id) {}
+  ~file_forwarder() override { stop(); }
+
+  void start() override {
+    auto w = spool_writer::open(cfg_.spool_dir);
+    if (!w) {
+      std::lock_guard lk(mu_);
+      last_error_ = w.error().message;
+      state_ = 3;
+      spdlog::error("peer {}: {}", cfg_.name, last_error_);
+      return;
+    }
+    writer_ = std::move(*w);
+    state_ = 1;
+    thread_ = std::thread([this] { run(); });
+  }
+  void stop() override {
+    {
+      std::lock_guard lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void notify() override {
+    {
+      std::lock_guard lk(mu_);
+      poked_ = true;
+    }
+    cv_.notify_all();
+  }
+  json::object status() const override {
+    std::lock_guard lk(mu_);
+    json::object o;
+    o["state"] = state_name(state_);
+    o["last_error"] = last_error_;
+    o["last_conn_bytes"] = writer_ ? writer_->bytes_written() : 0;
+    o["last_conn_ms"] = 0;
+    return o;
+  }
+
+private:
+  void run() {
+    for (;;) {
+      {
+        std::unique_lock lk(mu_);
+        if (stopping_) return;
+      }
+      auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
+      if (!b || b->segments.empty()) {
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, 50ms, [&] { return stopping_ || poked_; });
+        poked_ = false;
+        continue;
+      }
+      std::vector<spool_input> recs;
+      std::vector<std::uint64_t> keys;
+      for (auto& s : b->segments) {
+        recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+        keys.push_back(s.key);
+      }
+      auto r = writer_->append(recs);
+      if (!r) {
+        {
+          std::lock_guard lk(mu_);
+          last_error_ = r.error().message;
+          state_ = 2;
+        }
+        spdlog::error("peer {}: {}", cfg_.name, r.error().message);
+        n_.store->nack_wait(id_, keys, r.error().message);
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, 1s, [&] { return stopping_; });
+        state_ = 1;
+        continue;
+      }
+      if (auto ec = n_.store->ack_wait(id_, keys)) {
+        std::lock_guard lk(mu_);
+        last_error_ = "ack after spool write failed: " + ec.message();
+      }
+    }
+  }
+
+  node::impl& n_;
+  peer_section cfg_;
+  queue::peer_id id_;
+  std::unique_ptr<spool_writer> writer_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false, poked_ = false;
+  int state_ = 0;
+  std::string last_error_;
+  std::thread thread_;
+};
+
+// ------------------------------------------------------------ relay forwarder
+
+// Sends a peer's queue over the relay protocol (WebSocket over mTLS): a
+// window of unacknowledged batches, ACK results applied to the store, an ACK
+// timeout that closes the connection, and reconnects with exponential
+// backoff and jitter. A failed dial or a lost connection counts an attempt
+// for the segments it concerned, so an outage ends in the dead-letter store
+// after max_retry attempts instead of queueing forever.
+class relay_forwarder final : public forwarder, public std::enable_shared_from_this<relay_forwarder> {
+public:
+  relay_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::unique_ptr<transport::tls_material> tls)
+      : n_(n), cfg_(p), id_(id), tls_(std::move(tls)), strand_(net::make_strand(n.io)), timer_(strand_),
+        tick_(strand_) {}
+
+  void start() override {
+    net::post(strand_, [self = shared_from_this()] {
+      self->dial();
+      self->schedule_tick();
+    });
+  }
+  void stop() override {
+    std::promise<void> done;
+    net::post(strand_, [self = shared_from_this(), &done] {
+      self->stopping_ = true;
+      self->timer_.cancel();
+      self->tick_.cancel();
+      if (self->ch_) self->ch_->close("node stopping");
+      self->release_inflight();
+      done.set_value();
+    });
+    done.get_future().wait_for(5s);
+  }
+  void notify() override {
+    net::post(strand_, [self = shared_from_this()] { self->pump(); });
+  }
+  json::object status() const override {
+    std::lock_guard lk(mu_);
+    json::object o;
+    o["state"] = state_name(state_);
+    o["last_error"] = last_error_;
+    o["last_conn_bytes"] = last_conn_bytes_;
+    o["last_conn_ms"] = last_conn_ms_;
+    return o;
+  }
+
+private:
+  struct inflight {
+    std::vector<std::uint64_t> keys;
+    std::chrono::steady_clock::time_point sent;
+  };
+
+  void set_state(int s, std::string err = {}) {
+    std::lock_guard lk(mu_);
+    state_ = s;
+    if (!err.empty()) last_error_ = std::move(err);
+  }
+
+  void dial() {
+    if (stopping_) return;
+    set_state(0);
+    transport::ws_target t{cfg_.host, cfg_.port, cfg_.target.empty() ? "/v1/relay" : cfg_.target, cfg_.server_name};
+    transport::ws_options wo;
+    wo.idle_timeout = std::max<std::chrono::milliseconds>(cfg_.ack_timeout, 5s);
+    conn_started_ = std::chrono::steady_clock::now();
+    transport::ws_dial(n_.io, t, tls_->current(), wo, cfg_.dial_timeout,
+                       [self = shared_from_this()](transport::dial_result r) {
+                         net::post(self->strand_, [self, r = std::move(r)]() mutable { self->on_dial(std::move(r)); });
+                       });
+  }
+
+  void on_dial(transport::dial_result r) {
+    if (stopping_) {
+      if (r) (*r)->close("node stopping");
+      return;
+    }
+    if (!r) {
+      spdlog::warn("peer {}: {}", cfg_.name, r.error().message);
+      fail_attempt(r.error().message);
+      return backoff(r.error().message);
+    }
+    ch_ = *r;
+    auto self = shared_from_this();
+    auto gen = ++generation_;
+    ch_->start({[self, gen](std::string&& m) {
+                  net::post(self->strand_, [self, gen, m = std::move(m)] {
+                    if (gen == self->generation_) self->on_message(m);
+                  });
+                },
+                [self, gen](const sys_ec&, const std::string& why) {
+                  net::post(self->strand_, [self, gen, why] {
+                    if (gen == self->generation_) self->on_closed(why);
+                  });
+                }});
+    hello_.node_id = n_.cfg.node.id;
+    hello_.versions = {transport::relay_protocol_version};
+    hello_.compressions.clear();
+    if (cfg_.compression == compression_codec::zstd) hello_.compressions.push_back(transport::compression_zstd);
+    hello_.compressions.push_back(transport::compression_none);
+    hello_.max_window = cfg_.window;
+    hello_.max_batch_bytes = cfg_.batch_max_bytes;
+    std::string out;
+    if (auto e = transport::encode_hello(hello_, out); !e) return ch_->close("hello: " + e.error().message);
+    ch_->send(std::move(out));
+  }
+
+  // The peer is unreachable: count an attempt for the next batch so an
+  // outage reaches the dead-letter store after max_retry attempts.
+  void fail_attempt(const std::string& why) {
+    auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
+    if (!b || b->segments.empty()) return;
+    std::vector<std::uint64_t> keys;
+    for (auto& s : b->segments)
+      keys.push_back(s.key);
+    n_.store->nack(id_, std::move(keys), why, nullptr);
+  }
+
+  void backoff(const std::string& why) {
+    set_state(2, why);
+    ++failures_;
+    double d = 200.0 * std::pow(2.0, std::min(failures_, 8u) - 1.0);
+    d = std::min(d, 30000.0);
+    std::uniform_real_distribution<double> j(0.8, 1.2);
+    d *= j(rng_);
+    timer_.expires_after(std::chrono::milliseconds(static_cast<std::int64_t>(d)));
+    timer_.async_wait([self = shared_from_this()](sys_ec ec) {
+      if (!ec) self->dial();
+    });
+  }
+
+  void on_message(const std::string& m) {
+    auto d = transport::decode(m);
+    if (!d) return ch_->close("undecodable message: " + d.error().message);
+    if (auto* ha = std::get_if<transport::hello_ack>(&*d)) {
+      auto t = transport::accept_hello_ack(hello_, *ha);
+      if (!t) return ch_->close("handshake: " + t.error().message);
+      terms_ = *t;
+      failures_ = 0;
+      set_state(1);
+      return pump();
+    }
+    if (auto* a = std::get_if<transport::ack>(&*d)) return on_ack(*a);
+    if (auto* e = std::get_if<transport::error_message>(&*d)) {
+      std::string why = "peer error: " + std::string(e->message);
+      spdlog::warn("peer {}: {}", cfg_.name, why);
+      return ch_->close(why);
+    }
+    ch_->close("unexpected message");
+  }
+
+  void on_ack(const transport::ack& a) {
+    auto it = inflight_.find(a.batch_number);
+    if (it == inflight_.end() || a.results.size() != it->second.keys.size())
+      return ch_->close("ACK for unknown batch " + std::to_string(a.batch_number));
+    std::vector<std::uint64_t> ok;
+    std::vector<queue::rejected_item> rejected;
+    for (std::size_t i = 0; i < a.results.size(); ++i) {
+      if (a.results[i].status == transport::ack_status::rejected)
+        rejected.push_back({it->second.keys[i], "rejected:" + std::string(a.results[i].reason),
+                            "the peer rejected it: " + std::string(a.results[i].reason)});
+      else
+        ok.push_back(it->second.keys[i]);
+    }
+    if (!ok.empty()) n_.store->ack(id_, std::move(ok), nullptr);
+    if (!rejected.empty()) n_.store->reject(id_, std::move(rejected), nullptr);
+    inflight_.erase(it);
+    {
+      std::lock_guard lk(mu_);
+      last_conn_bytes_ = ch_ ? ch_->bytes_sent() : 0;
+      last_conn_ms_ =
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - conn_started_)
+              .count();
+    }
+    pump();
+  }
+
+  void pump() {
+    if (stopping_ || !ch_ || state_ != 1) return;
+    std::uint32_t window = std::min<std::uint32_t>(cfg_.window, terms_.window ? terms_.window : cfg_.window);
+    std::uint64_t max_bytes =
+        terms_.max_batch_bytes ? std::min(cfg_.batch_max_bytes, terms_.max_batch_bytes) : cfg_.batch_max_bytes;
+    while (inflight_.size() < window && ch_->queued() < 4) {
+      auto b = n_.store->read_batch(id_, 4096, max_bytes);
+      if (!b) {
+        set_state(1, "store read failed: " + b.error().message());
+        return;
+      }
+      if (b->segments.empty()) return;
+      std::vector<transport::segment_record> recs;
+      std::vector<std::uint64_t> keys;
+      for (auto& s : b->segments) {
+        recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+        keys.push_back(s.key);
+      }
+      std::string out;
+      transport::batch_encoding enc;
+      enc.algorithm = terms_.algorithm;
+      auto num = next_batch_++;
+      auto r = transport::encode_batch(num, recs, out, enc);
+      if (!r) {
+        // A record that cannot travel (the codec names it) would fail every
+        // attempt: dead-letter it with the reason and send the rest later.
+        if (r.error().item >= keys.size()) {
+          n_.store->release(id_, keys);
+          return ch_->close("encode: " + r.error().message);
+        }
+        auto bad = r.error().item;
+        n_.store->reject(id_, {{keys[bad], "rejected:encode", r.error().message}}, nullptr);
+        keys.erase(keys.begin() + static_cast<std::ptrdiff_t>(bad));
+        n_.store->release(id_, keys);
+        continue;
+      }
+      if (!ch_->send(std::move(out))) {
+        n_.store->release(id_, keys);
+        return;
+      }
+      inflight_[num] = {std::move(keys), std::chrono::steady_clock::now()};
+    }
+  }
+
+  void schedule_tick() {
+    tick_.expires_after(50ms);
+    tick_.async_wait([self = shared_from_this()](sys_ec ec) {
+      if (ec || self->stopping_) return;
+      self->on_tick();
+      self->schedule_tick();
+    });
+  }
+
+  void on_tick() {
+    auto now = std::chrono::steady_clock::now();
+    if (ch_ && !inflight_.empty() && now - inflight_.begin()->second.sent > cfg_.ack_timeout)
+      return ch_->close("no ACK within ack_timeout (" + std::to_string(cfg_.ack_timeout.count()) + " ms)");
+    pump();
+  }
+
+  void on_closed(const std::string& why) {
+    if (ch_) {
+      std::lock_guard lk(mu_);
+      last_conn_bytes_ = ch_->bytes_sent();
+    }
+    ch_.reset();
+    ++generation_;
+    // Everything unacknowledged failed this attempt; it is retried.
+    for (auto& [num, f] : inflight_)
+      n_.store->nack(id_, std::move(f.keys), "connection lost: " + why, nullptr);
+    inflight_.clear();
+    if (stopping_) return;
+    spdlog::warn("peer {}: connection closed: {}", cfg_.name, why);
+    backoff("connection closed: " + why);
+  }
+
+  void release_inflight() {
+    for (auto& [num, f] : inflight_)
+      n_.store->release(id_, f.keys);
+    inflight_.clear();
+  }
+
+  node::impl& n_;
+  peer_section cfg_;
+  queue::peer_id id_;
+  std::unique_ptr<transport::tls_material> tls_;
+  net::strand<net::io_context::executor_type> strand_;
+  net::steady_timer timer_, tick_;
+  std::shared_ptr<transport::ws_channel> ch_;
+  std::uint64_t generation_ = 0;
+  transport::hello hello_;
+  transport::session_terms terms_{};
+  std::map<std::uint64_t, inflight> inflight_;
+  std::uint64_t next_batch_ = 1;
+  unsigned failures_ = 0;
+  bool stopping_ = false;
+  std::mt19937 rng_{std::random_device{}()};
+  std::chrono::steady_clock::time_point conn_started_;
+  mutable std::mutex mu_; // guards what status() reads
+  int state_ = 0;
+  std::string last_error_;
+  std::uint64_t last_conn_bytes_ = 0;
+  std::int64_t last_conn_ms_ = 0;
+};
+
+// ------------------------------------------------------------ receiver
+
+// The receiving side of the relay protocol on one connection: HELLO →
+// HELLO_ACK, then each BATCH is verified, committed durably (dropping ids
+// seen within the dedupe window) and answered with an ACK per segment.
+class relay_receiver : public std::enable_shared_from_this<relay_receiver> {
+public:
+  relay_receiver(node::impl& n, std::shared_ptr<transport::ws_channel> ch, std::string who)
+      : n_(n), ch_(std::move(ch)), who_(std::move(who)) {}
+
+  void start() {
+    auto self = shared_from_this();
+    ch_->start({[self](std::string&& m) { self->on_message(std::move(m)); },
+                [self](const sys_ec&, const std::string&) { self->ch_.reset(); }});
+  }
+
+private:
+  void refuse(transport::wire_error code, const std::string& why) {
+    if (!ch_) return;
+    std::string out;
+    transport::encode_error(code, why, out);
+    ch_->send(std::move(out));
+    ch_->close(why);
+  }
+
+  void on_message(std::string&& m) {
+    if (!ch_) return;
+    // The codec's own limits bound memory; a segment over this node's
+    // max_segment_bytes is rejected alone (too_large), not the whole batch.
+    transport::codec_limits lim;
+    lim.max_segment_bytes = std::max<std::size_t>(lim.max_segment_bytes, n_.cfg.queue.max_segment_bytes);
+    auto msg = std::make_shared<std::string>(std::move(m));
+    auto d = transport::decode(*msg, lim);
+    if (!d) {
+      spdlog::warn("relay from {}: {}", who_, d.error().message);
+      return refuse(transport::wire_error_for(d.error()), d.error().message);
+    }
+    if (auto* h = std::get_if<transport::hello>(&*d)) {
+      transport::server_offer offer;
+      offer.node_id = n_.cfg.node.id;
+      static constexpr std::string_view algorithms[] = {transport::compression_zstd, transport::compression_none};
+      offer.compressions = algorithms;
+      offer.window = 64;
+      offer.max_batch_bytes = 16ull << 20;
+      offer.dedupe_window_ms = static_cast<std::uint64_t>(n_.cfg.queue.dedupe_window.count());
+      auto ack = transport::negotiate(*h, offer);
+      if (!ack) return refuse(transport::wire_error_for(ack.error()), ack.error().message);
+      std::string out;
+      transport::encode_hello_ack(*ack, out);
+      hello_done_ = true;
+      ch_->send(std::move(out));
+      return;
+    }
+    if (!hello_done_) return refuse(transport::wire_error::protocol, "HELLO must come first");
+    auto* b = std::get_if<transport::batch>(&*d);
+    if (!b) return refuse(transport::wire_error::protocol, "only BATCH messages are expected after the handshake");
+    handle_batch(msg, std::move(*b));
+  }
+
+  void handle_batch(std::shared_ptr<std::string> msg, transport::batch b) {
+    struct pending {
+      std::shared_ptr<std::string> msg;
+      transport::batch batch;
+      std::vector<std::vector<queue::peer_id>> routes;
+      std::vector<int> slot; // record index -> enqueue index, or -1 when rejected here
+      std::vector<std::string> reasons;
+    };
+    auto p = std::make_shared<pending>();
+    p->msg = std::move(msg);
+    p->batch = std::move(b);
+    auto& recs = p->batch.records;
+    p->routes.resize(recs.size());
+    p->slot.assign(recs.size(), -1);
+    p->reasons.resize(recs.size());
+    std::vector<queue::segment_in> segs;
+    for (std::size_t i = 0; i < recs.size(); ++i) {
+      auto& r = recs[i];
+      if (!transport::verify(r))
+        p->reasons[i] = "checksum";
+      else if (!queue::valid_stream_name(r.stream))
+        p->reasons[i] = "bad_stream";
+      else if (r.payload.empty())
+        p->reasons[i] = "empty";
+      else if (r.payload.size() > n_.cfg.queue.max_segment_bytes)
+        p->reasons[i] = "too_large";
+      else if ((p->routes[i] = n_.route(r.stream)).empty())
+        p->reasons[i] = "no_route";
+      if (!p->reasons[i].empty()) continue;
+      p->slot[i] = static_cast<int>(segs.size());
+      segs.push_back({r.stream, r.payload, p->routes[i], r.id, r.created_ms, r.checksum});
+    }
+    auto self = shared_from_this();
+    auto finish = [self, p](const queue::enqueue_result* res) {
+      transport::ack a;
+      a.batch_number = p->batch.number;
+      for (std::size_t i = 0; i < p->batch.records.size(); ++i) {
+        transport::segment_result sr;
+        if (p->slot[i] < 0) {
+          sr.status = transport::ack_status::rejected;
+          sr.reason = p->reasons[i];
+        } else {
+          sr.status = res->status[static_cast<std::size_t>(p->slot[i])] == queue::item_status::duplicate
+                          ? transport::ack_status::duplicate
+                          : transport::ack_status::ok;
+        }
+        a.results.push_back(sr);
+      }
+      std::string out;
+      transport::encode_ack(a, out);
+      if (auto ch = self->ch_) ch->send(std::move(out));
+    };
+    if (segs.empty()) return finish(nullptr);
+    n_.store->enqueue(std::move(segs), [self, p, finish](queue::enqueue_result&& r) {
+      if (r.ec) {
+        spdlog::warn("relay from {}: batch not stored: {}", self->who_, r.message);
+        auto ch = self->ch_;
+        if (!ch) return;
+        std::string out;
+        transport::encode_error(transport::wire_error::unavailable, r.message, out);
+        ch->send(std::move(out));
+        ch->close(r.message);
+        return;
+      }
+      finish(&r);
+      self->n_.notify_all();
+    });
+  }
+
+  node::impl& n_;
+  std::shared_ptr<transport::ws_channel> ch_;
+  std::string who_;
+  bool hello_done_ = false;
+};
+
+// ------------------------------------------------------------ HTTP handlers
+
+std::string json_str(const json::value& v) { return json::serialize(v); }
+
+class ingest_handler final : public transport::http_handler {
+public:
+  explicit ingest_handler(node::impl& n) : n_(n) {}
+
+  void on_request(transport::http_request&& req, const transport::connection_info&, transport::responder r) override {
+    std::string_view t = req.target();
+    constexpr std::string_view prefix = "/v1/streams/";
+    if (req.method() != boost::beast::http::verb::post || t.rfind(prefix, 0) != 0)
+      return r.send_error(404, "not_found",
+                          "no such endpoint: " + std::string(req.method_string()) + " " + std::string(t));
+    auto rest = t.substr(prefix.size());
+    auto slash = rest.find('/');
+    if (slash == std::string_view::npos) return r.send_error(404, "not_found", "no such endpoint: " + std::string(t));
+    std::string stream(rest.substr(0, slash));
+    auto what = rest.substr(slash + 1);
+    if (!queue::valid_stream_name(stream) || stream == "_canary")
+      return r.send_error(400, "bad_stream", "stream \"" + stream + "\" must match [a-z0-9._-]{1,64}");
+    auto peers = n_.route(stream);
+    if (peers.empty()) return r.send_error(404, "no_route", "no peer routes stream \"" + stream + "\"");
+    auto body = std::make_shared<std::string>(std::move(req.body()));
+    auto routes = std::make_shared<std::vector<queue::peer_id>>(std::move(peers));
+    auto sname = std::make_shared<std::string>(stream);
+    std::vector<queue::segment_in> segs;
+    if (what == "segments") {
+      if (body->empty()) return r.send_error(400, "empty", "a segment needs at least one byte");
+      segs.push_back({*sname, *body, *routes});
+    } else if (what == "batch") {
+      util::reader rd(*body);
+      while (rd.remaining() > 0) {
+        auto len = rd.u32();
+        auto p = rd.bytes(len);
+        if (!rd.ok())
+          return r.send_error(400, "malformed",
+                              "batch body: segment " + std::to_string(segs.size()) +
+                                  " is cut short (each segment is a 4-byte big-endian length, then the payload)");
+        if (len == 0)
+          return r.send_error(400, "empty", "batch body: segment " + std::to_string(segs.size()) + " is empty");
+        segs.push_back({*sname, p, *routes});
+      }
+      if (segs.empty()) return r.send_error(400, "empty", "batch body holds no segment");
+    } else {
+      return r.send_error(404, "not_found", "no such endpoint: " + std::string(t));
+    }
+    for (auto& s : segs)
+      if (s.payload.size() > n_.cfg.queue.max_segment_bytes)
+        return r.send_error(413, "too_large",
+                            "segment of " + std::to_string(s.payload.size()) + " bytes exceeds max_segment_bytes (" +
+                                std::to_string(n_.cfg.queue.max_segment_bytes) + ")");
+    bool batch = what == "batch";
+    auto rp = std::make_shared<transport::responder>(std::move(r));
+    auto& node_id = n_.cfg.node.id;
+    n_.store->enqueue(std::move(segs), [this, rp, body, routes, sname, batch, node_id](queue::enqueue_result&& res) {
+      if (res.ec) {
+        unsigned status = res.ec == errc::queue_full ? 507 : res.ec == errc::timeout ? 429 : 503;
+        return rp->send_error(status, res.ec == errc::queue_full ? "queue_full" : "store_unavailable", res.message);
+      }
+      json::object o;
+      if (batch) {
+        json::array ids;
+        for (std::size_t i = 0; i < res.status.size(); ++i)
+          ids.push_back(json::value(node_id + ":" + std::to_string(res.first_seq + i)));
+        o["ids"] = std::move(ids);
+      } else {
+        o["id"] = node_id + ":" + std::to_string(res.first_seq);
+      }
+      rp->send_json(201, json_str(o));
+      n_.notify_all();
+    });
+  }
+
+private:
+  node::impl& n_;
+};
+
+class relay_listen_handler final : public transport::http_handler {
+public:
+  explicit relay_listen_handler(node::impl& n) : n_(n) {}
+  void on_request(transport::http_request&& req, const transport::connection_info&, transport::responder r) override {
+    r.send_error(404, "not_found",
+                 "the relay listener serves only the WebSocket endpoint /v1/relay, not " + std::string(req.target()));
+  }
+  bool accept_websocket(const transport::http_request& req, const transport::connection_info&) override {
+    return req.target() == transport::relay_path;
+  }
+  void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
+    std::make_shared<relay_receiver>(n_, std::move(ch),
+                                     who.identity.empty() ? who.remote.address().to_string() : who.identity)
+        ->start();
+  }
+  void on_refused(const net::ip::tcp::endpoint& remote, std::string_view reason, std::string_view detail) override {
+    n_.count_refused(reason);
+    spdlog::warn("relay listener refused {}: {} ({})", remote.address().to_string(), reason, detail);
+  }
+
+private:
+  node::impl& n_;
+};
+
+class admin_handler final : public transport::http_handler {
+public:
+  explicit admin_handler(node::impl& n) : n_(n) {}
+  void on_request(transport::http_request&& req, const transport::connection_info&, transport::responder r) override {
+    namespace http = boost::beast::http;
+    std::string_view t = req.target();
+    auto q = t.find('?');
+    std::string_view path = t.substr(0, q), query = q == std::string_view::npos ? "" : t.substr(q + 1);
+    bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+    if (get && path == "/healthz") return r.send_json(200, R"({"status":"ok"})");
+    if (get && path == "/readyz") return r.send_json(200, R"({"ready":true})");
+    if (get && path == "/v1/status") return r.send_json(200, json_str(n_.status()));
+    if (get && path == "/metrics") {
+      http::response<http::string_body> res{http::status::ok, 11};
+      res.set(http::field::content_type, "text/plain; version=0.0.4");
+      res.body() = n_.metrics();
+      return r.send(std::move(res));
+    }
+    if (get && path == "/v1/deadletter") return list(query, std::move(r));
+    if (post && (path == "/v1/deadletter/retry" || path == "/v1/deadletter/purge"))
+      return dl_op(path.ends_with("retry"), req.body(), std::move(r));
+    r.send_error(404, "not_found", "no such endpoint: " + std::string(req.method_string()) + " " + std::string(path));
+  }
+
+private:
+  static std::string param(std::string_view query, std::string_view key) {
+    while (!query.empty()) {
+      auto amp = query.find('&');
+      auto kv = query.substr(0, amp);
+      auto eq = kv.find('=');
+      if (kv.substr(0, eq) == key && eq != std::string_view::npos) return std::string(kv.substr(eq + 1));
+      if (amp == std::string_view::npos) break;
+      query.remove_prefix(amp + 1);
+    }
+    return {};
+  }
+
+  void list(std::string_view query, transport::responder r) {
+    queue::deadletter_filter f;
+    if (auto v = param(query, "peer"); !v.empty()) f.peer = v;
+    if (auto v = param(query, "stream"); !v.empty()) f.stream = v;
+    if (auto v = param(query, "reason"); !v.empty()) f.reason = v;
+    try {
+      if (auto v = param(query, "after"); !v.empty()) f.after_key = std::stoull(v);
+      if (auto v = param(query, "limit"); !v.empty()) f.limit = std::min<std::size_t>(std::stoul(v), 10000);
+    } catch (const std::exception&) {
+      return r.send_error(400, "bad_query", "after and limit must be whole numbers");
+    }
+    auto page = n_.store->deadletter_list(f);
+    if (!page) return r.send_error(503, "store_unavailable", page.error().message());
+    json::array entries;
+    for (auto& e : page->entries)
+      entries.push_back(json::object{{"key", e.key},
+                                     {"id", e.id},
+                                     {"peer", e.peer},
+                                     {"stream", e.stream},
+                                     {"reason", e.reason},
+                                     {"last_error", e.last_error},
+                                     {"attempts", e.attempts},
+                                     {"bytes", e.bytes},
+                                     {"created_ms", e.created_ms},
+                                     {"deadlettered_ms", e.deadlettered_ms}});
+    json::object o{{"entries", std::move(entries)}};
+    if (page->next_after) o["next_after"] = *page->next_after;
+    r.send_json(200, json_str(o));
+  }
+
+  void dl_op(bool retry, const std::string& body, transport::responder r) {
+    boost::system::error_code ec;
+    auto v = json::parse(body.empty() ? std::string("{}") : body, ec);
+    if (ec || !v.is_object())
+      return r.send_error(400, "bad_body",
+                          "the body must be a JSON object: {\"ids\": [...]}, {\"all\": true} or "
+                          "{\"older_than_s\": N}, optionally with \"peer\"");
+    auto& o = v.as_object();
+    queue::deadletter_selector sel;
+    if (auto* ids = o.if_contains("ids"); ids && ids->is_array())
+      for (auto& id : ids->as_array())
+        if (id.is_string()) sel.ids.emplace_back(id.as_string());
+    if (auto* all = o.if_contains("all"); all && all->is_bool()) sel.all = all->as_bool();
+    if (auto* old = o.if_contains("older_than_s"); old && old->is_number())
+      sel.older_than = std::chrono::milliseconds(static_cast<std::int64_t>(old->to_number<double>() * 1000));
+    if (auto* p = o.if_contains("peer"); p && p->is_string()) sel.peer = std::string(p->as_string());
+    auto rp = std::make_shared<transport::responder>(std::move(r));
+    auto done = [this, rp, retry](result<std::uint64_t> n) {
+      if (!n) {
+        if (n.error() == errc::invalid_argument)
+          return rp->send_error(400, "bad_selector", "say exactly one of ids, all or older_than_s");
+        return rp->send_error(n.error() == errc::queue_full ? 507 : 503, "failed", n.error().message());
+      }
+      rp->send_json(200, json_str(json::object{{retry ? "retried" : "purged", *n}}));
+      if (retry) n_.notify_all();
+    };
+    if (retry)
+      n_.store->deadletter_retry(std::move(sel), done);
+    else
+      n_.store->deadletter_purge(std::move(sel), done);
+  }
+
+  node::impl& n_;
+};
+
+} // namespace
+
+// ------------------------------------------------------------ status & metrics
+
+json::object node::impl::status() const {
+  auto st = store->stats();
+  json::object o;
+  auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count();
+  o["node"] = json::object{
+      {"id", cfg.node.id}, {"version", version_string()}, {"uptime_s", up}, {"sync", queue::to_string(cfg.node.sync)}};
+  std::uint64_t routed = 0, delivered = 0, queued = 0, inflight = 0, dl = 0, ev = 0, pu = 0, qseg = 0;
+  json::array peers;
+  for (std::size_t i = 0; i < cfg.peers.size(); ++i) {
+    auto& pc = cfg.peers[i];
+    const queue::peer_stats* ps = nullptr;
+    for (auto& p : st.peers)
+      if (p.id == peer_ids[i]) ps = &p;
+    if (!ps) continue;
+    auto& c = ps->counters;
+    json::object p = i < forwarders.size() ? forwarders[i]->status() : json::object{};
+    p["name"] = pc.name;
+    p["url"] = pc.url;
+    p["queued"] = c.queued;
+    p["queued_bytes"] = c.queued_bytes;
+    p["inflight"] = ps->inflight;
+    p["routed"] = c.routed;
+    p["delivered"] = c.delivered;
+    p["deadletter"] = c.deadletter;
+    p["evicted"] = c.evicted;
+    p["purged"] = c.purged;
+    p["attempts"] = c.attempts;
+    p["bandwidth"] = json::object{{"mode", "unlimited"}};
+    peers.push_back(std::move(p));
+    routed += c.routed;
+    delivered += c.delivered;
+    queued += c.queued;
+    qseg += c.queued;
+    inflight += ps->inflight;
+    dl += c.deadletter;
+    ev += c.evicted;
+    pu += c.purged;
+  }
+  std::int64_t loss = static_cast<std::int64_t>(routed) - static_cast<std::int64_t>(delivered + queued + dl + ev + pu);
+  o["totals"] = json::object{{"accepted", st.accepted},
+                             {"routed", routed},
+                             {"delivered", delivered},
+                             {"queued", queued},
+                             {"inflight", inflight},
+                             {"deadletter", dl},
+                             {"evicted", ev},
+                             {"purged", pu},
+                             {"rejected", st.rejected},
+                             {"duplicates", st.duplicates},
+                             {"loss", loss}};
+  o["queue"] = json::object{{"segments", qseg},
+                            {"bytes", st.queued_bytes},
+                            {"capacity_bytes", st.capacity_bytes},
+                            {"overflow", queue::to_string(cfg.queue.overflow)}};
+  o["peers"] = std::move(peers);
+  o["deadletter"] = json::object{{"segments", st.deadletter_segments}, {"bytes", st.deadletter_bytes}};
+  json::array tls;
+  auto add_tls = [&](const char* name, const std::filesystem::path& cert) {
+    if (cert.empty()) return;
+    if (auto ci = transport::read_cert_info(cert))
+      tls.push_back(json::object{{"name", name}, {"not_after", ci->not_after_unix}, {"rotations", 0}});
+  };
+  if (cfg.listen) add_tls("listen", cfg.listen->tls.files.cert);
+  if (cfg.ingest && cfg.ingest->tls) add_tls("ingest", cfg.ingest->tls->files.cert);
+  for (auto& p : cfg.peers)
+    if (p.kind == peer_kind::relay) add_tls(p.name.c_str(), p.tls.cert);
+  o["tls"] = std::move(tls);
+  return o;
+}
+
+std::string node::impl::metrics() const {
+  auto st = store->stats();
+  std::string out;
+  auto line = [&](const std::string& s) { out += s + "\n"; };
+  line("# HELP edgerelay_segments_accepted_total Segments newly stored by this node.");
+  line("# TYPE edgerelay_segments_accepted_total counter");
+  line("edgerelay_segments_accepted_total " + std::to_string(st.accepted));
+  line("# HELP edgerelay_segments_delivered_total Segments delivered to a peer.");
+  line("# TYPE edgerelay_segments_delivered_total counter");
+  for (auto& p : st.peers)
+    line("edgerelay_segments_delivered_total{peer=\"" + p.name + "\"} " + std::to_string(p.counters.delivered));
+  line("# HELP edgerelay_segments_evicted_total Segments evicted by the overflow policy.");
+  line("# TYPE edgerelay_segments_evicted_total counter");
+  for (auto& p : st.peers)
+    line("edgerelay_segments_evicted_total{peer=\"" + p.name + "\"} " + std::to_string(p.counters.evicted));
+  line("# HELP edgerelay_queue_segments Segments queued for a peer.");
+  line("# TYPE edgerelay_queue_segments gauge");
+  for (auto& p : st.peers)
+    line("edgerelay_queue_segments{peer=\"" + p.name + "\"} " + std::to_string(p.counters.queued));
+  line("# HELP edgerelay_queue_bytes Bytes queued for a peer.");
+  line("# TYPE edgerelay_queue_bytes gauge");
+  for (auto& p : st.peers)
+    line("edgerelay_queue_bytes{peer=\"" + p.name + "\"} " + std::to_string(p.counters.queued_bytes));
+  line("# HELP edgerelay_deadletter_segments Segments in the dead-letter store.");
+  line("# TYPE edgerelay_deadletter_segments gauge");
+  line("edgerelay_deadletter_segments " + std::to_string(st.deadletter_segments));
+  line("# HELP edgerelay_tls_handshake_failures_total Connections refused by the relay listener.");
+  line("# TYPE edgerelay_tls_handshake_failures_total counter");
+  {
+    std::lock_guard lk(const_cast<std::mutex&>(refused_mu));
+    for (auto& [reason, n] : refused_by_reason)
+      line("edgerelay_tls_handshake_failures_total{listener=\"listen\",reason=\"" + reason + "\"} " +
+           std::to_string(n));
+  }
+  return out;
+}
+
+// ------------------------------------------------------------ node
+
+node::node(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+node::~node() { stop(); }
+
+boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg, util::clock* clock,
+                                                                 unsigned threads) {
+  auto m = std::make_unique<impl>();
+  m->cfg = std::move(cfg);
+  m->clk = clock ? clock : &util::system_clock_source::instance();
+  m->threads = threads ? threads : std::max(2u, std::thread::hardware_concurrency());
+  auto so = m->cfg.store_options();
+  so.clock = m->clk;
+  auto st = queue::store::open(so);
+  if (!st) return st.error();
+  m->store = std::move(*st);
+  for (auto& p : m->cfg.peers) {
+    if (p.kind == peer_kind::http)
+      return error{make_error_code(errc::invalid_argument),
+                   "peer " + p.name + ": https:// peers are not supported by this version yet"};
+    auto id = m->store->add_peer(p.name);
+    if (!id) return error{id.error(), "cannot register peer " + p.name + ": " + id.error().message()};
+    m->peer_ids.push_back(*id);
+  }
+  return std::unique_ptr<node>(new node(std::move(m)));
+}
+
+boost::system::result<void, error> node::start() {
+  auto& m = *impl_;
+  m.work.emplace(m.io.get_executor());
+  auto listen_on = [&](const char* name, const endpoint& at, transport::http_handler& h,
+                       const transport::tls_material* tls,
+                       std::shared_ptr<transport::http_server>& out) -> boost::system::result<void, error> {
+    auto ep = transport::parse_endpoint(at.to_string());
+    if (!ep) return error{ep.error().code, std::string(name) + ": " + ep.error().message};
+    auto s = transport::http_server::create(m.io, *ep, h, {}, tls);
+    if (!s) return error{s.error().code, std::string(name) + ": " + s.error().message};
+    out = *s;
+    out->start();
+    return {};
+  };
+  m.admin_h = std::make_unique<admin_handler>(m);
+  if (auto r = listen_on("admin", m.cfg.admin.listen, *m.admin_h, nullptr, m.admin_srv); !r) return r;
+  if (m.cfg.ingest) {
+    m.ingest_h = std::make_unique<ingest_handler>(m);
+    if (m.cfg.ingest->tls) {
+      auto t = transport::tls_material::create(transport::tls_role::server,
+                                               to_transport(m.cfg.ingest->tls->files, m.cfg.ingest->tls->allow));
+      if (!t) return error{t.error().code, "ingest.tls: " + t.error().message};
+      m.ingest_tls = std::move(*t);
+    }
+    if (auto r = listen_on("ingest", m.cfg.ingest->listen, *m.ingest_h, m.ingest_tls.get(), m.ingest_srv); !r) return r;
+  }
+  if (m.cfg.listen) {
+    auto t = transport::tls_material::create(transport::tls_role::server,
+                                             to_transport(m.cfg.listen->tls.files, m.cfg.listen->tls.allow));
+    if (!t) return error{t.error().code, "listen: " + t.error().message};
+    m.listen_tls = std::move(*t);
+    m.listen_h = std::make_unique<relay_listen_handler>(m);
+    if (auto r = listen_on("listen", m.cfg.listen->address, *m.listen_h, m.listen_tls.get(), m.listen_srv); !r)
+      return r;
+  }
+  for (std::size_t i = 0; i < m.cfg.peers.size(); ++i) {
+    auto& p = m.cfg.peers[i];
+    if (p.kind == peer_kind::file) {
+      m.forwarders.push_back(std::make_shared<file_forwarder>(m, p, m.peer_ids[i]));
+    } else {
+      auto t = transport::tls_material::create(transport::tls_role::client, to_transport(p.tls),
+                                               p.server_name.empty() ? p.host : p.server_name);
+      if (!t) return error{t.error().code, "peer " + p.name + ": " + t.error().message};
+      m.forwarders.push_back(std::make_shared<relay_forwarder>(m, p, m.peer_ids[i], std::move(*t)));
+    }
+  }
+  for (auto& f : m.forwarders)
+    f->start();
+  for (unsigned i = 0; i < m.threads; ++i)
+    m.pool.emplace_back([&m] { m.io.run(); });
+  return {};
+}
+
+void node::stop() {
+  auto& m = *impl_;
+  if (!m.work) return;
+  for (auto* s : {&m.ingest_srv, &m.listen_srv, &m.admin_srv})
+    if (*s) (*s)->stop();
+  for (auto& f : m.forwarders)
+    f->stop();
+  m.work.reset();
+  m.io.stop();
+  for (auto& t : m.pool)
+    t.join();
+  m.pool.clear();
+  m.forwarders.clear();
+}
+
+json::object node::status() const { return impl_->status(); }
+
+std::string node::address(std::string_view listener) const {
+  const std::shared_ptr<transport::http_server>* s = listener == "ingest"   ? &impl_->ingest_srv
+                                                     : listener == "listen" ? &impl_->listen_srv
+                                                                            : &impl_->admin_srv;
+  if (!*s) return {};
+  auto ep = (*s)->local_endpoint();
+  return ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+} // namespace edgerelay::relay

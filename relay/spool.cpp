@@ -1,0 +1,160 @@
+#include "relay/spool.hpp"
+
+#include "util/bytes.hpp"
+#include "util/checksum.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace edgerelay::relay {
+
+namespace {
+constexpr std::string_view file_magic = "ERSPOOL1";
+
+error io_error(const std::string& what, int e) {
+  return error{boost::system::error_code(e, boost::system::system_category()), what + ": " + std::strerror(e)};
+}
+
+std::filesystem::path file_for(const std::filesystem::path& dir, std::uint64_t seq) {
+  char name[40];
+  std::snprintf(name, sizeof name, "spool-%016llx.ers", static_cast<unsigned long long>(seq));
+  return dir / name;
+}
+
+std::vector<std::pair<std::uint64_t, std::filesystem::path>> list_files(const std::filesystem::path& dir) {
+  std::vector<std::pair<std::uint64_t, std::filesystem::path>> out;
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    auto n = e.path().filename().string();
+    if (n.size() == 26 && n.rfind("spool-", 0) == 0 && n.substr(22) == ".ers")
+      out.emplace_back(std::stoull(n.substr(6, 16), nullptr, 16), e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool write_all(int fd, const char* p, std::size_t n) {
+  while (n) {
+    auto w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+} // namespace
+
+spool_writer::~spool_writer() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+boost::system::result<std::unique_ptr<spool_writer>, error> spool_writer::open(const std::filesystem::path& dir,
+                                                                               std::uint64_t rotate_bytes) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return error{ec, "cannot create spool directory " + dir.string() + ": " + ec.message()};
+  std::unique_ptr<spool_writer> w(new spool_writer());
+  w->dir_ = dir;
+  w->rotate_ = rotate_bytes;
+  auto files = list_files(dir);
+  // Always start a new file: a torn tail of the last one stays where readers skip it.
+  w->seq_ = files.empty() ? 1 : files.back().first + 1;
+  if (auto r = w->roll(); !r) return r.error();
+  return w;
+}
+
+boost::system::result<void, error> spool_writer::roll() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  auto path = file_for(dir_, seq_++);
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_APPEND, 0640);
+  if (fd_ < 0) return io_error("cannot create spool file " + path.string(), errno);
+  if (!write_all(fd_, file_magic.data(), file_magic.size()) || ::fsync(fd_) != 0)
+    return io_error("cannot write spool file " + path.string(), errno);
+  // The new name must survive a power cut too.
+  int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  file_bytes_ = file_magic.size();
+  return {};
+}
+
+boost::system::result<void, error> spool_writer::append(const std::vector<spool_input>& records) {
+  std::string buf;
+  for (auto& r : records) {
+    std::size_t start = buf.size();
+    buf.append(4, '\0');
+    util::writer w(buf);
+    w.u8(static_cast<std::uint8_t>(r.id.size()));
+    w.bytes(r.id);
+    w.u8(static_cast<std::uint8_t>(r.stream.size()));
+    w.bytes(r.stream);
+    w.u64(static_cast<std::uint64_t>(r.created_ms));
+    w.u64(r.checksum);
+    w.u32(static_cast<std::uint32_t>(r.payload.size()));
+    w.bytes(r.payload);
+    auto crc = static_cast<std::uint32_t>(util::checksum(std::string_view(buf).substr(start + 4)));
+    w.u32(crc);
+    util::put_be32(reinterpret_cast<unsigned char*>(buf.data() + start),
+                   static_cast<std::uint32_t>(buf.size() - start - 4));
+  }
+  if (file_bytes_ > file_magic.size() && file_bytes_ + buf.size() > rotate_)
+    if (auto r = roll(); !r) return r.error();
+  if (!write_all(fd_, buf.data(), buf.size())) return io_error("spool write in " + dir_.string(), errno);
+  if (::fdatasync(fd_) != 0) return io_error("spool fsync in " + dir_.string(), errno);
+  file_bytes_ += buf.size();
+  written_ += buf.size();
+  return {};
+}
+
+boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::path& dir,
+                                                       const std::function<bool(const spool_record&)>& visit) {
+  if (!std::filesystem::is_directory(dir))
+    return error{make_error_code(errc::not_found), dir.string() + " is not a spool directory"};
+  std::uint64_t n = 0;
+  for (auto& [seq, path] : list_files(dir)) {
+    std::ifstream in(path, std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (data.compare(0, file_magic.size(), file_magic) != 0)
+      return error{make_error_code(errc::malformed), path.string() + ": not a spool file (bad magic)"};
+    util::reader rd(std::string_view(data).substr(file_magic.size()));
+    while (rd.remaining() > 0) {
+      if (rd.remaining() < 4) break; // torn tail
+      auto len = rd.u32();
+      if (rd.remaining() < len) break; // torn tail
+      auto body = rd.bytes(len);
+      util::reader r(body);
+      spool_record rec;
+      rec.id = std::string(r.bytes(r.u8()));
+      rec.stream = std::string(r.bytes(r.u8()));
+      rec.created_ms = static_cast<std::int64_t>(r.u64());
+      rec.checksum = r.u64();
+      rec.payload = std::string(r.bytes(r.u32()));
+      auto crc = r.u32();
+      if (!r.ok() || r.remaining() != 0 ||
+          crc != static_cast<std::uint32_t>(util::checksum(body.substr(0, body.size() - 4)))) {
+        if (rd.remaining() == 0) break; // the last record was torn
+        return error{make_error_code(errc::malformed),
+                     path.string() + ": damaged record " + std::to_string(n) + " (crc or length)"};
+      }
+      ++n;
+      if (!visit(rec)) return n;
+    }
+  }
+  return n;
+}
+
+} // namespace edgerelay::relay

@@ -1,0 +1,63 @@
+#pragma once
+// The file:// sink's spool: append-only files of segment records in a
+// directory, fsynced before the sink acknowledges, rotated by size. Format
+// (documented in docs/spool.md):
+//   file  spool-<16 hex digits>.ers, starting with the 8 bytes "ERSPOOL1"
+//   record  u32 record length (of what follows up to and including crc)
+//           u8 id length, id, u8 stream length, stream,
+//           i64 created_ms, u64 checksum (xxh3-64 of payload),
+//           u32 payload length, payload,
+//           u32 crc (low 32 bits of xxh3-64 over the record from id length on)
+// A record cut short by a crash is detected by its length and crc and
+// dropped when the spool is opened again (it was never acknowledged).
+
+#include "util/errc.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace edgerelay::relay {
+
+struct spool_record {
+  std::string id, stream;
+  std::int64_t created_ms = 0;
+  std::uint64_t checksum = 0;
+  std::string payload;
+};
+
+struct spool_input {
+  std::string_view id, stream;
+  std::int64_t created_ms;
+  std::uint64_t checksum;
+  std::string_view payload;
+};
+
+// Owns the directory; one writer (not thread-safe: the sink calls it from one strand).
+class spool_writer {
+public:
+  static boost::system::result<std::unique_ptr<spool_writer>, error> open(const std::filesystem::path& dir,
+                                                                          std::uint64_t rotate_bytes = 64ull << 20);
+  ~spool_writer();
+  // Appends every record and fsyncs; true only when all are durable.
+  boost::system::result<void, error> append(const std::vector<spool_input>& records);
+  std::uint64_t bytes_written() const noexcept { return written_; }
+
+private:
+  spool_writer() = default;
+  boost::system::result<void, error> roll();
+  std::filesystem::path dir_;
+  std::uint64_t rotate_ = 0, file_bytes_ = 0, written_ = 0, seq_ = 0;
+  int fd_ = -1;
+};
+
+// Reads every record of every spool file in order. `visit` returns false to stop.
+// A torn tail (crash mid-append) ends that file's records; other damage is an error.
+boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::path& dir,
+                                                       const std::function<bool(const spool_record&)>& visit);
+
+} // namespace edgerelay::relay

@@ -1,0 +1,100 @@
+#include "relay/spool.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "util/checksum.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+using namespace edgerelay;
+using Catch::Matchers::Contains;
+
+namespace {
+std::vector<relay::spool_record> read_all(const std::filesystem::path& dir) {
+  std::vector<relay::spool_record> out;
+  auto n = relay::read_spool(dir, [&](const relay::spool_record& r) {
+    out.push_back(r);
+    return true;
+  });
+  REQUIRE(n.has_value());
+  return out;
+}
+std::filesystem::path only_file(const std::filesystem::path& dir) {
+  for (auto& e : std::filesystem::directory_iterator(dir))
+    return e.path();
+  return {};
+}
+} // namespace
+
+TEST_CASE("spool records are read back in order with every field", "[spool]") {
+  test::temp_dir d("spool");
+  {
+    auto w = relay::spool_writer::open(d.path());
+    REQUIRE(w.has_value());
+    REQUIRE((*w)->append({{"e:1", "s1", 1000, util::checksum("alpha"), "alpha"},
+                          {"e:2", "s2", 2000, util::checksum(std::string(70000, 'b')), std::string(70000, 'b')}})
+                .has_value());
+    REQUIRE((*w)->append({{"e:3", "s1", 3000, util::checksum("c"), "c"}}).has_value());
+  }
+  auto recs = read_all(d.path());
+  REQUIRE(recs.size() == 3);
+  CHECK(recs[0].id == "e:1");
+  CHECK(recs[0].stream == "s1");
+  CHECK(recs[0].created_ms == 1000);
+  CHECK(recs[0].payload == "alpha");
+  CHECK(recs[1].payload.size() == 70000);
+  CHECK(recs[1].checksum == util::checksum(recs[1].payload));
+  CHECK(recs[2].id == "e:3");
+}
+
+TEST_CASE("spool files rotate by size and a reopen starts a new file", "[spool]") {
+  test::temp_dir d("spool");
+  {
+    auto w = relay::spool_writer::open(d.path(), 1000);
+    REQUIRE(w.has_value());
+    std::string p(600, 'x');
+    for (int i = 0; i < 4; ++i)
+      REQUIRE((*w)->append({{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}}).has_value());
+  }
+  { auto w = relay::spool_writer::open(d.path(), 1000); }
+  std::size_t files = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(d.path()))
+    ++files;
+  CHECK(files == 5);
+  CHECK(read_all(d.path()).size() == 4);
+}
+
+TEST_CASE("a torn last record is ignored, damage elsewhere is an error naming the file", "[spool]") {
+  test::temp_dir d("spool");
+  {
+    auto w = relay::spool_writer::open(d.path());
+    REQUIRE((*w)->append({{"e:1", "s", 0, util::checksum("one"), "one"}, {"e:2", "s", 0, util::checksum("two"), "two"}})
+                .has_value());
+  }
+  auto f = only_file(d.path());
+  auto size = std::filesystem::file_size(f);
+  std::filesystem::resize_file(f, size - 3); // a crash cut the last record short
+  auto recs = read_all(d.path());
+  REQUIRE(recs.size() == 1);
+  CHECK(recs[0].id == "e:1");
+  {
+    std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(8 + 4 + 2); // inside the first record's id
+    io.put('X');
+  }
+  std::filesystem::resize_file(f, size); // the second record is complete again (zeros), the first is damaged
+  auto n = relay::read_spool(d.path(), [](const relay::spool_record&) { return true; });
+  REQUIRE_FALSE(n.has_value());
+  CHECK_THAT(n.error().message, Contains(f.filename().string()) && Contains("damaged record 0"));
+}
+
+TEST_CASE("reading something that is not a spool directory fails clearly", "[spool]") {
+  test::temp_dir d("spool");
+  auto n = relay::read_spool(d / "missing", [](const relay::spool_record&) { return true; });
+  REQUIRE_FALSE(n.has_value());
+  CHECK_THAT(n.error().message, Contains("not a spool directory"));
+  std::ofstream(d / "spool-0000000000000001.ers") << "NOTSPOOL";
+  n = relay::read_spool(d.path(), [](const relay::spool_record&) { return true; });
+  REQUIRE_FALSE(n.has_value());
+  CHECK_THAT(n.error().message, Contains("bad magic"));
+}
