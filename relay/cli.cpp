@@ -7,13 +7,19 @@
 #include "relay/spool.hpp"
 #include "relay/store_demo.hpp"
 #include "transport/pki.hpp"
+#include "util/bytes.hpp"
 #include "util/checksum.hpp"
+#include "util/units.hpp"
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
+#include <chrono>
 #include <csignal>
+#include <fstream>
 #include <iostream>
+#include <iterator>
+#include <random>
 
 namespace edgerelay::relay {
 
@@ -123,6 +129,121 @@ int cmd_spool_cat(const std::string& dir, bool as_json) {
   return 0;
 }
 
+struct send_options {
+  std::string url, stream, file, size = "1KiB";
+  unsigned count = 0, batch = 100;
+};
+
+// Producer client and load generator: one payload from a file or stdin, or
+// `count` random payloads of `size` bytes sent in batches.
+int cmd_send(const send_options& o) {
+  std::string base = o.url;
+  while (!base.empty() && base.back() == '/')
+    base.pop_back();
+  auto post = [&](const std::string& what, const std::string& body) -> bool {
+    auto r = http_call("POST", base + "/v1/streams/" + o.stream + "/" + what, body, std::chrono::seconds(60));
+    if (!r) {
+      std::cerr << "edgerelay send: " << r.error().message << "\n";
+      return false;
+    }
+    if (r->status != 201) {
+      std::cerr << "edgerelay send: HTTP " << r->status << ": " << r->body << "\n";
+      return false;
+    }
+    if (o.count == 0) std::cout << r->body << "\n";
+    return true;
+  };
+  if (o.count == 0) {
+    std::string payload;
+    if (o.file.empty() || o.file == "-")
+      payload.assign(std::istreambuf_iterator<char>(std::cin), {});
+    else {
+      std::ifstream in(o.file, std::ios::binary);
+      if (!in) {
+        std::cerr << "edgerelay send: cannot read " << o.file << "\n";
+        return 1;
+      }
+      payload.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    return post("segments", payload) ? 0 : 1;
+  }
+  auto size = util::parse_size(o.size);
+  if (!size || *size == 0) {
+    std::cerr << "edgerelay send: --size: " << (size ? std::string("must be at least 1 byte") : size.error().message)
+              << "\n";
+    return 2;
+  }
+  std::mt19937_64 rng(std::random_device{}());
+  auto t0 = std::chrono::steady_clock::now();
+  for (unsigned sent = 0; sent < o.count;) {
+    unsigned n = std::min(o.batch, o.count - sent);
+    std::string body;
+    for (unsigned i = 0; i < n; ++i) {
+      util::writer(body).u32(static_cast<std::uint32_t>(*size));
+      for (std::uint64_t b = 0; b < *size; ++b)
+        body.push_back(static_cast<char>(rng()));
+    }
+    if (!post("batch", body)) return 1;
+    sent += n;
+  }
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cout << "sent " << o.count << " segments of " << *size << " bytes in " << s << " s ("
+            << static_cast<std::uint64_t>(o.count / std::max(s, 1e-9)) << " segments/s)\n";
+  return 0;
+}
+
+struct dl_options {
+  std::string admin = "http://127.0.0.1:9310", peer, stream, reason, older_than;
+  std::vector<std::string> ids;
+  bool all = false;
+  unsigned limit = 100;
+};
+
+int cmd_deadletter(const std::string& op, const dl_options& o) {
+  if (op == "list") {
+    std::string q = "?limit=" + std::to_string(o.limit);
+    if (!o.peer.empty()) q += "&peer=" + o.peer;
+    if (!o.stream.empty()) q += "&stream=" + o.stream;
+    if (!o.reason.empty()) q += "&reason=" + o.reason;
+    auto r = http_call("GET", o.admin + "/v1/deadletter" + q);
+    if (!r) {
+      std::cerr << "edgerelay deadletter: " << r.error().message << "\n";
+      return 1;
+    }
+    std::cout << r->body << "\n";
+    return r->status == 200 ? 0 : 1;
+  }
+  boost::json::object body;
+  int said = (o.all ? 1 : 0) + (o.ids.empty() ? 0 : 1) + (o.older_than.empty() ? 0 : 1);
+  if (said != 1) {
+    std::cerr << "edgerelay deadletter " << op << ": say exactly one of --all, --id or --older-than\n";
+    return 2;
+  }
+  if (o.all) body["all"] = true;
+  if (!o.ids.empty()) {
+    boost::json::array a;
+    for (auto& id : o.ids)
+      a.push_back(boost::json::value(id));
+    body["ids"] = std::move(a);
+  }
+  if (!o.older_than.empty()) {
+    auto d = util::parse_duration(o.older_than);
+    if (!d) {
+      std::cerr << "edgerelay deadletter " << op << ": --older-than: " << d.error().message << "\n";
+      return 2;
+    }
+    body["older_than_s"] = static_cast<double>(d->count()) / 1000.0;
+  }
+  if (!o.peer.empty()) body["peer"] = o.peer;
+  auto r = http_call("POST", o.admin + "/v1/deadletter/" + op, boost::json::serialize(body));
+  if (!r) {
+    std::cerr << "edgerelay deadletter: " << r.error().message << "\n";
+    return 1;
+  }
+  std::cout << r->body << "\n";
+  return r->status == 200 ? 0 : 1;
+}
+
 } // namespace
 
 int run_cli(int argc, char** argv) {
@@ -175,6 +296,34 @@ int run_cli(int argc, char** argv) {
   cat->add_option("dir", spool_dir, "The spool directory")->required();
   cat->add_flag("--json", as_json, "One JSON object per segment (id, stream, created_at, checksum, payload_base64)");
 
+  send_options so;
+  auto* snd = app.add_subcommand("send", "Send segments to a node's ingest API (producer client and load generator)");
+  snd->add_option("--url", so.url, "Ingest URL, e.g. http://127.0.0.1:9400")->required();
+  snd->add_option("--stream", so.stream, "Stream name")->required();
+  snd->add_option("--file", so.file, "Send this file as one segment ('-' or none: standard input)");
+  snd->add_option("--count", so.count, "Send this many generated segments instead");
+  snd->add_option("--size", so.size, "Size of each generated segment, e.g. 1KiB");
+  snd->add_option("--batch", so.batch, "Segments per request when generating")->check(CLI::Range(1u, 100000u));
+
+  dl_options dlo;
+  auto* dl = app.add_subcommand("deadletter", "Dead-letter operations through the admin API");
+  dl->require_subcommand(1);
+  auto* dl_list = dl->add_subcommand("list", "List dead-lettered segments");
+  auto* dl_retry = dl->add_subcommand("retry", "Put dead-lettered segments back in their peer's queue");
+  auto* dl_purge = dl->add_subcommand("purge", "Delete dead-lettered segments");
+  for (auto* c : {dl_list, dl_retry, dl_purge}) {
+    c->add_option("--admin", dlo.admin, "Admin API URL");
+    c->add_option("--peer", dlo.peer, "Only this peer's entries");
+  }
+  dl_list->add_option("--stream", dlo.stream, "Only this stream");
+  dl_list->add_option("--reason", dlo.reason, "Only this reason (max_retry, rejected:...)");
+  dl_list->add_option("--limit", dlo.limit, "At most this many");
+  for (auto* c : {dl_retry, dl_purge}) {
+    c->add_flag("--all", dlo.all, "Every entry");
+    c->add_option("--id", dlo.ids, "These segment ids");
+    c->add_option("--older-than", dlo.older_than, "Entries dead-lettered longer ago than this, e.g. 7d");
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -204,6 +353,10 @@ int run_cli(int argc, char** argv) {
     return 0;
   }
   if (*st) return cmd_status(admin, as_json);
+  if (*snd) return cmd_send(so);
+  if (*dl_list) return cmd_deadletter("list", dlo);
+  if (*dl_retry) return cmd_deadletter("retry", dlo);
+  if (*dl_purge) return cmd_deadletter("purge", dlo);
   if (*cat) return cmd_spool_cat(spool_dir, as_json);
   return 2;
 }

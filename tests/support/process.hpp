@@ -45,6 +45,23 @@ public:
   }
   ~process() { stop(SIGKILL); }
 
+  // Waits for the child to end by itself; returns its exit code, or -1 (and
+  // kills it) when it is still running after `limit`.
+  int wait(std::chrono::milliseconds limit) {
+    if (pid_ <= 0) return -1;
+    int status = 0;
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        stop(SIGKILL);
+        return -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
   bool running() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
   // Sends sig and reaps the child (SIGKILL after 10 s if it does not end); returns its wait status.
   int stop(int sig = SIGTERM) {
