@@ -20,3 +20,19 @@ boost::system::result<http_reply, error> http_call(const std::string& method, co
                                                    std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 } // namespace edgerelay::relay
+
+namespace boost::asio::ssl {
+class context;
+}
+
+namespace edgerelay::relay {
+
+// One HTTPS request with mutual TLS: the server's certificate must name
+// server_name (checked by `tls`, a client context from transport/tls.hpp).
+boost::system::result<http_reply, error> https_call(boost::asio::ssl::context& tls, const std::string& method,
+                                                    const std::string& host, std::uint16_t port,
+                                                    const std::string& target, const std::string& server_name,
+                                                    const std::string& body, const std::string& content_type,
+                                                    std::chrono::milliseconds timeout);
+
+} // namespace edgerelay::relay

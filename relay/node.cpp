@@ -1,6 +1,7 @@
 #include "relay/node.hpp"
 
 #include "queue/store.hpp"
+#include "relay/http_client.hpp"
 #include "relay/spool.hpp"
 #include "transport/http_server.hpp"
 #include "transport/relay_codec.hpp"
@@ -200,6 +201,153 @@ private:
   bool stopping_ = false, poked_ = false;
   int state_ = 0;
   std::string last_error_;
+  std::thread thread_;
+};
+
+// ------------------------------------------------------------ https sink
+
+std::string base64(std::string_view in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  std::size_t i = 0;
+  auto at = [&](std::size_t k) { return static_cast<unsigned>(static_cast<unsigned char>(in[k])); };
+  for (; i + 2 < in.size(); i += 3) {
+    unsigned v = (at(i) << 16) | (at(i + 1) << 8) | at(i + 2);
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
+  }
+  if (i + 1 == in.size()) {
+    unsigned v = at(i) << 16;
+    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == in.size()) {
+    unsigned v = (at(i) << 16) | (at(i + 1) << 8);
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+// POSTs a peer's queue to any HTTPS endpoint as JSON batches
+// ({"segments": [{"id", "stream", "created_at", "checksum", "payload_base64"}]})
+// over mutual TLS. 2xx: delivered. 4xx: the endpoint refuses the data, so
+// retrying cannot help: dead-letter with reason http_<status>. 5xx, timeouts
+// and connection errors: an attempt failed; retried with backoff.
+class https_forwarder final : public forwarder {
+public:
+  https_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::unique_ptr<transport::tls_material> tls)
+      : n_(n), cfg_(p), id_(id), tls_(std::move(tls)) {}
+  ~https_forwarder() override { stop(); }
+
+  void start() override {
+    state_ = 0;
+    thread_ = std::thread([this] { run(); });
+  }
+  void stop() override {
+    {
+      std::lock_guard lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void notify() override {
+    {
+      std::lock_guard lk(mu_);
+      poked_ = true;
+    }
+    cv_.notify_all();
+  }
+  json::object status() const override {
+    std::lock_guard lk(mu_);
+    return json::object{{"state", state_name(state_)},
+                        {"last_error", last_error_},
+                        {"last_conn_bytes", last_bytes_},
+                        {"last_conn_ms", last_ms_}};
+  }
+
+private:
+  bool pause(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu_);
+    cv_.wait_for(lk, d, [&] { return stopping_ || poked_; });
+    poked_ = false;
+    return !stopping_;
+  }
+
+  void run() {
+    unsigned failures = 0;
+    std::mt19937 rng{std::random_device{}()};
+    for (;;) {
+      {
+        std::lock_guard lk(mu_);
+        if (stopping_) return;
+      }
+      auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
+      if (!b || b->segments.empty()) {
+        if (!pause(50ms)) return;
+        continue;
+      }
+      json::array segs;
+      std::vector<std::uint64_t> keys;
+      for (auto& sg : b->segments) {
+        segs.push_back(json::object{{"id", sg.id},
+                                    {"stream", sg.stream},
+                                    {"created_at", sg.created_ms},
+                                    {"checksum", util::checksum_hex(sg.checksum)},
+                                    {"payload_base64", base64(sg.payload)}});
+        keys.push_back(sg.key);
+      }
+      std::string body = json::serialize(json::object{{"segments", std::move(segs)}});
+      auto t0 = std::chrono::steady_clock::now();
+      auto ctx = tls_->current();
+      auto r = https_call(*ctx, "POST", cfg_.host, cfg_.port, cfg_.target.empty() ? "/" : cfg_.target,
+                          cfg_.server_name.empty() ? cfg_.host : cfg_.server_name, body, "application/json",
+                          cfg_.dial_timeout + cfg_.ack_timeout);
+      {
+        std::lock_guard lk(mu_);
+        last_bytes_ = body.size();
+        last_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+      }
+      if (r && r->status >= 200 && r->status < 300) {
+        n_.store->ack_wait(id_, keys);
+        failures = 0;
+        std::lock_guard lk(mu_);
+        state_ = 1;
+        continue;
+      }
+      std::string why = r ? "HTTP " + std::to_string(r->status) + ": " + r->body.substr(0, 200) : r.error().message;
+      if (r && r->status >= 400 && r->status < 500) {
+        std::vector<queue::rejected_item> items;
+        for (auto k : keys)
+          items.push_back({k, "http_" + std::to_string(r->status), why});
+        n_.store->reject_wait(id_, std::move(items));
+        std::lock_guard lk(mu_);
+        last_error_ = why;
+        continue;
+      }
+      spdlog::warn("peer {}: {}", cfg_.name, why);
+      n_.store->nack_wait(id_, keys, why);
+      {
+        std::lock_guard lk(mu_);
+        state_ = 2;
+        last_error_ = why;
+      }
+      double d = std::min(30000.0, 200.0 * std::pow(2.0, std::min(++failures, 8u) - 1.0));
+      d *= std::uniform_real_distribution<double>(0.8, 1.2)(rng);
+      std::unique_lock lk(mu_);
+      if (cv_.wait_for(lk, std::chrono::milliseconds(static_cast<std::int64_t>(d)), [&] { return stopping_; })) return;
+    }
+  }
+
+  node::impl& n_;
+  peer_section cfg_;
+  queue::peer_id id_;
+  std::unique_ptr<transport::tls_material> tls_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false, poked_ = false;
+  int state_ = 0;
+  std::string last_error_;
+  std::uint64_t last_bytes_ = 0;
+  std::int64_t last_ms_ = 0;
   std::thread thread_;
 };
 
@@ -949,9 +1097,6 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
   if (!st) return st.error();
   m->store = std::move(*st);
   for (auto& p : m->cfg.peers) {
-    if (p.kind == peer_kind::http)
-      return error{make_error_code(errc::invalid_argument),
-                   "peer " + p.name + ": https:// peers are not supported by this version yet"};
     auto id = m->store->add_peer(p.name);
     if (!id) return error{id.error(), "cannot register peer " + p.name + ": " + id.error().message()};
     m->peer_ids.push_back(*id);
@@ -1002,7 +1147,10 @@ boost::system::result<void, error> node::start() {
       auto t = transport::tls_material::create(transport::tls_role::client, to_transport(p.tls),
                                                p.server_name.empty() ? p.host : p.server_name);
       if (!t) return error{t.error().code, "peer " + p.name + ": " + t.error().message};
-      m.forwarders.push_back(std::make_shared<relay_forwarder>(m, p, m.peer_ids[i], std::move(*t)));
+      if (p.kind == peer_kind::http)
+        m.forwarders.push_back(std::make_shared<https_forwarder>(m, p, m.peer_ids[i], std::move(*t)));
+      else
+        m.forwarders.push_back(std::make_shared<relay_forwarder>(m, p, m.peer_ids[i], std::move(*t)));
     }
   }
   for (auto& f : m.forwarders)
