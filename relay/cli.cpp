@@ -1,4 +1,5 @@
 #include "relay/cli.hpp"
+#include "util/text.hpp"
 
 #include "relay/config.hpp"
 #include "relay/demo.hpp"
@@ -24,25 +25,6 @@
 namespace edgerelay::relay {
 
 namespace {
-
-std::string base64(std::string_view in) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  std::size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8) |
-                 static_cast<unsigned char>(in[i + 2]);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
-  }
-  if (i + 1 == in.size()) {
-    unsigned v = static_cast<unsigned char>(in[i]) << 16;
-    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == in.size()) {
-    unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
-  }
-  return out;
-}
 
 int cmd_run(const std::string& file) {
   auto cfg = load_config(file);
@@ -114,7 +96,7 @@ int cmd_spool_cat(const std::string& dir, bool as_json) {
                             {"stream", r.stream},
                             {"created_at", r.created_ms},
                             {"checksum", util::checksum_hex(r.checksum)},
-                            {"payload_base64", base64(r.payload)}};
+                            {"payload_base64", util::base64(r.payload)}};
       std::cout << boost::json::serialize(o) << "\n";
     } else {
       std::cout << r.id << "\t" << r.stream << "\t" << r.payload.size() << " bytes\t" << util::checksum_hex(r.checksum)

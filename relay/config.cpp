@@ -1,4 +1,5 @@
 #include "relay/config.hpp"
+#include "util/text.hpp"
 
 #include "util/units.hpp"
 
@@ -19,6 +20,8 @@
 namespace edgerelay::relay {
 namespace {
 
+std::string quote80(std::string_view s) { return util::quote(s, 80); }
+
 namespace fs = std::filesystem;
 using namespace std::string_view_literals;
 using std::chrono::milliseconds;
@@ -33,36 +36,6 @@ std::string lower(std::string_view s) {
   for (auto& c : out)
     c = ascii_lower(c);
   return out;
-}
-
-// Quotes text for a message: escapes quotes, backslashes and control bytes,
-// and cuts long text (on a UTF-8 boundary) so the message stays one line.
-std::string quote(std::string_view s) {
-  constexpr std::size_t limit = 80;
-  const bool cut = s.size() > limit;
-  if (cut) {
-    std::size_t n = limit;
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
-      --n;
-    s = s.substr(0, n);
-  }
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out = "\"";
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (u < 0x20 || u == 0x7f) {
-      out += "\\x";
-      out += hex[u >> 4];
-      out += hex[u & 0xF];
-    } else {
-      out += c;
-    }
-  }
-  if (cut) out += "...";
-  return out + "\"";
 }
 
 std::string format_number(double d) {
@@ -106,7 +79,7 @@ std::string key_segment(std::string_view k) {
   const bool bare = !k.empty() && std::all_of(k.begin(), k.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '_' || c == '-';
   });
-  return bare ? std::string(k) : quote(k);
+  return bare ? std::string(k) : quote80(k);
 }
 
 const char* type_name(toml::value_t t) noexcept {
@@ -132,7 +105,7 @@ std::string describe(const toml::value& v) {
   if (v.is_integer()) out += " " + std::to_string(v.as_integer());
   if (v.is_boolean()) out += v.as_boolean() ? " true" : " false";
   if (v.is_floating()) out += " " + format_number(v.as_floating());
-  if (v.is_string()) out += " " + quote(v.as_string().str);
+  if (v.is_string()) out += " " + quote80(v.as_string().str);
   return out;
 }
 
@@ -183,17 +156,17 @@ std::optional<std::uint16_t> parse_port(std::string_view p) {
 parsed<std::string> take_host(std::string_view& s, std::string_view what) {
   if (!s.empty() && s.front() == '[') {
     const auto close = s.find(']');
-    if (close == std::string_view::npos) return refuse(quote(what) + " has an unclosed '[' in its IPv6 address");
+    if (close == std::string_view::npos) return refuse(quote80(what) + " has an unclosed '[' in its IPv6 address");
     const auto h = s.substr(1, close - 1);
-    if (!valid_ipv6(h)) return refuse(quote(what) + " has an invalid IPv6 address " + quote(h));
+    if (!valid_ipv6(h)) return refuse(quote80(what) + " has an invalid IPv6 address " + quote80(h));
     s.remove_prefix(close + 1);
     return parsed<std::string>(boost::system::in_place_value, std::string(h));
   }
   const auto end = s.find_first_of(":/?#");
   const auto h = s.substr(0, end);
   s.remove_prefix(h.size());
-  if (h.empty()) return refuse(quote(what) + " has no host");
-  if (!valid_hostname(h)) return refuse(quote(what) + " has an invalid host " + quote(h));
+  if (h.empty()) return refuse(quote80(what) + " has no host");
+  if (!valid_hostname(h)) return refuse(quote80(what) + " has an invalid host " + quote80(h));
   return parsed<std::string>(boost::system::in_place_value, std::string(h));
 }
 
@@ -202,13 +175,13 @@ parsed<endpoint> parse_endpoint(std::string_view text) {
   std::string_view s = text;
   if (s.empty()) return parse_error{"is empty" + hint};
   if (s.front() != '[' && std::count(s.begin(), s.end(), ':') > 1)
-    return parse_error{quote(text) + " is not host:port: an IPv6 address goes in brackets, e.g. \"[::1]:9310\""};
+    return parse_error{quote80(text) + " is not host:port: an IPv6 address goes in brackets, e.g. \"[::1]:9310\""};
   auto host = take_host(s, text);
   if (!host) return parse_error{host.error().message + hint};
-  if (s.empty() || s.front() != ':') return parse_error{quote(text) + " has no port" + hint};
+  if (s.empty() || s.front() != ':') return parse_error{quote80(text) + " has no port" + hint};
   s.remove_prefix(1);
   auto port = parse_port(s);
-  if (!port) return parse_error{quote(text) + " has an invalid port " + quote(s) + " (use 0..65535)"};
+  if (!port) return parse_error{quote80(text) + " has an invalid port " + quote80(s) + " (use 0..65535)"};
   return endpoint{*host, *port};
 }
 
@@ -231,19 +204,19 @@ parsed<url_parts> parse_peer_url(std::string_view text) {
   if (text.empty()) return parse_error{"is empty (" + accepted + ")"};
   for (char c : text)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
-      return parse_error{quote(text) + " is not a URL: it contains a control character"};
+      return parse_error{quote80(text) + " is not a URL: it contains a control character"};
   const auto sep = text.find("://");
-  if (sep == std::string_view::npos || sep == 0) return parse_error{quote(text) + " is not a URL (" + accepted + ")"};
+  if (sep == std::string_view::npos || sep == 0) return parse_error{quote80(text) + " is not a URL (" + accepted + ")"};
   const std::string scheme = lower(text.substr(0, sep));
   std::string_view rest = text.substr(sep + 3);
   url_parts u;
   if (scheme == "file") {
     if (rest.starts_with("localhost/")) rest.remove_prefix(9);
     if (rest.empty() || rest.front() != '/')
-      return parse_error{quote(text) + " is not a file:// URL of a local directory: write file:///absolute/dir " +
+      return parse_error{quote80(text) + " is not a file:// URL of a local directory: write file:///absolute/dir " +
                          "(three slashes; the host part must be empty)"};
     if (rest.find_first_of("?#") != std::string_view::npos)
-      return parse_error{quote(text) + " is not a file:// URL of a directory: it has a query or fragment"};
+      return parse_error{quote80(text) + " is not a file:// URL of a directory: it has a query or fragment"};
     std::string path;
     for (std::size_t i = 0; i < rest.size(); ++i) {
       if (rest[i] != '%') {
@@ -253,13 +226,13 @@ parsed<url_parts> parse_peer_url(std::string_view text) {
       const int hi = i + 2 < rest.size() ? hex_value(rest[i + 1]) : -1;
       const int lo = i + 2 < rest.size() ? hex_value(rest[i + 2]) : -1;
       if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-        return parse_error{quote(text) + " has an invalid percent escape (use %XX with two hex digits, not %00)"};
+        return parse_error{quote80(text) + " has an invalid percent escape (use %XX with two hex digits, not %00)"};
       path += static_cast<char>(hi * 16 + lo);
       i += 2;
     }
     u.kind = peer_kind::file;
     u.dir = fs::path(path).lexically_normal();
-    if (u.dir == "/") return parse_error{quote(text) + " names the root directory; give a spool directory"};
+    if (u.dir == "/") return parse_error{quote80(text) + " names the root directory; give a spool directory"};
     return u;
   }
   if (scheme == "wss")
@@ -267,13 +240,13 @@ parsed<url_parts> parse_peer_url(std::string_view text) {
   else if (scheme == "https")
     u.kind = peer_kind::http;
   else
-    return parse_error{"unknown scheme " + quote(scheme) + " (only wss://, https:// and file:// are allowed)"};
+    return parse_error{"unknown scheme " + quote80(scheme) + " (only wss://, https:// and file:// are allowed)"};
   if (rest.find(' ') != std::string_view::npos)
-    return parse_error{quote(text) + " is not a URL: it contains a space (write it as %20)"};
+    return parse_error{quote80(text) + " is not a URL: it contains a space (write it as %20)"};
   const auto authority_end = rest.find_first_of("/?#");
   if (rest.substr(0, authority_end).find('@') != std::string_view::npos)
-    return parse_error{quote(text) + " has user information before the host; authentication is by certificate"};
-  if (rest.find('#') != std::string_view::npos) return parse_error{quote(text) + " has a fragment (#...)"};
+    return parse_error{quote80(text) + " has user information before the host; authentication is by certificate"};
+  if (rest.find('#') != std::string_view::npos) return parse_error{quote80(text) + " has a fragment (#...)"};
   auto host = take_host(rest, text);
   if (!host) return host.error();
   u.host = *host;
@@ -281,7 +254,8 @@ parsed<url_parts> parse_peer_url(std::string_view text) {
     rest.remove_prefix(1);
     const auto p = rest.substr(0, rest.find_first_of("/?"));
     auto port = parse_port(p);
-    if (!port || *port == 0) return parse_error{quote(text) + " has an invalid port " + quote(p) + " (use 1..65535)"};
+    if (!port || *port == 0)
+      return parse_error{quote80(text) + " has an invalid port " + quote80(p) + " (use 1..65535)"};
     u.port = *port;
     rest.remove_prefix(p.size());
   }
@@ -308,13 +282,14 @@ parsed<minute_of_day> parse_time_of_day(std::string_view text) {
   std::string_view s = text;
   auto t = take_hh_mm(s);
   if (!t || s != "Z")
-    return parse_error{quote(text) + " is not a UTC time of day (use \"HH:MMZ\" with HH 00-23, e.g. \"00:00Z\")"};
+    return parse_error{quote80(text) + " is not a UTC time of day (use \"HH:MMZ\" with HH 00-23, e.g. \"00:00Z\")"};
   return *t;
 }
 
 parsed<send_window> parse_send_window(std::string_view text) {
   const std::string bad =
-      quote(text) + " is not a send window (use \"HH:MM-HH:MMZ\" in UTC, e.g. \"22:00-06:00Z\"; it may cross midnight)";
+      quote80(text) +
+      " is not a send window (use \"HH:MM-HH:MMZ\" in UTC, e.g. \"22:00-06:00Z\"; it may cross midnight)";
   std::string_view s = text;
   auto a = take_hh_mm(s);
   if (!a) return parse_error{bad};
@@ -323,7 +298,7 @@ parsed<send_window> parse_send_window(std::string_view text) {
   s.remove_prefix(1);
   auto b = take_hh_mm(s);
   if (!b || s != "Z") return parse_error{bad};
-  if (*a == *b) return parse_error{quote(text) + " is empty: start and end are the same time"};
+  if (*a == *b) return parse_error{quote80(text) + " is empty: start and end are the same time"};
   return send_window{*a, *b};
 }
 
@@ -383,13 +358,13 @@ std::string unknown_key_problem(std::string_view key, key_list known) {
   // and that over a looser match here.
   const std::size_t limit = best.size() <= 4 ? 1 : best.size() <= 8 ? 2 : 3;
   const bool close = !best.empty() && best_d < k.size();
-  if (close && best_d <= 1) return "unknown key (did you mean " + quote(best) + "?)";
+  if (close && best_d <= 1) return "unknown key (did you mean " + quote80(best) + "?)";
   std::vector<std::string_view> homes;
   for (const auto& s : k_sections)
     if (s.keys.data() != known.data() && std::find(s.keys.begin(), s.keys.end(), k) != s.keys.end())
       homes.push_back(s.where);
-  if (!homes.empty()) return "unknown key here (" + quote(key) + " belongs in " + join(homes, " or ") + ")";
-  if (close && best_d <= limit) return "unknown key (did you mean " + quote(best) + "?)";
+  if (!homes.empty()) return "unknown key here (" + quote80(key) + " belongs in " + join(homes, " or ") + ")";
+  if (close && best_d <= limit) return "unknown key (did you mean " + quote80(best) + "?)";
   return "unknown key (known keys here: " + join(known, ", ") + ")";
 }
 
@@ -565,7 +540,7 @@ std::optional<T> table_reader::parsed_value(std::string_view key, parsed<T> (*pa
     return static_cast<T>(v->as_integer());
   }
   if (!v->is_string()) {
-    fail(key, std::string("expected a ") + noun + " such as " + quote(example) +
+    fail(key, std::string("expected a ") + noun + " such as " + quote80(example) +
                   (allow_integer ? " or an integer number of bytes" : "") + ", got " + describe(*v));
     return std::nullopt;
   }
@@ -645,9 +620,9 @@ std::optional<E> table_reader::choice(std::string_view key,
   for (const auto& [name, value] : options) {
     if (*s == name) return value;
     names += names.empty() ? "" : " or ";
-    names += quote(name);
+    names += quote80(name);
   }
-  fail(key, quote(*s) + " is not one of " + names);
+  fail(key, quote80(*s) + " is not one of " + names);
   return std::nullopt;
 }
 
@@ -718,8 +693,8 @@ void checker::read_node(const table_reader& root, node_config& cfg) {
     if (id->empty() || id->size() > 64)
       t->fail("id", "must be 1 to 64 bytes long, got " + std::to_string(id->size()));
     else if (bad != id->end())
-      t->fail("id", quote(*id) + " must not contain ':', whitespace or control characters (segment ids are "
-                                 "\"<node id>:<seq>\")");
+      t->fail("id", quote80(*id) + " must not contain ':', whitespace or control characters (segment ids are "
+                                   "\"<node id>:<seq>\")");
     else
       cfg.node.id = *id;
   }
@@ -798,11 +773,11 @@ std::vector<allow_rule> checker::read_allow(const table_reader& t) {
     else if (rest.starts_with("CN:"))
       r.what = allow_rule::field::cn, rest.remove_prefix(3);
     else {
-      fail(path, quote(s) + " must start with URI:, DNS: or CN: (e.g. \"URI:spiffe://fleet/edge/*\")", line);
+      fail(path, quote80(s) + " must start with URI:, DNS: or CN: (e.g. \"URI:spiffe://fleet/edge/*\")", line);
       continue;
     }
     if (rest.empty()) {
-      fail(path, quote(s) + " has nothing after the prefix", line);
+      fail(path, quote80(s) + " has nothing after the prefix", line);
       continue;
     }
     r.pattern = std::string(rest);
@@ -865,7 +840,7 @@ void checker::read_admin(const table_reader& root, node_config& cfg) {
   if (ep) cfg.admin.listen = *ep;
   if (auto tt = t->table("tls", k_tls)) cfg.admin.tls = read_server_tls(*tt, true);
   if (ep && !ep->is_loopback() && !t->has("tls"))
-    t->fail("listen", quote(ep->to_string()) +
+    t->fail("listen", quote80(ep->to_string()) +
                           " is not a loopback address: off loopback the admin API requires mTLS (add admin.tls with "
                           "cert, key and ca)");
 }
@@ -914,7 +889,7 @@ std::optional<peer_section> checker::read_peer(const table_reader& t) {
       return is_lower_alnum(c) || c == '.' || c == '_' || c == '-';
     });
     if (!ok)
-      t.fail("name", quote(*name) + " is not a valid peer name (use 1 to 64 of a-z 0-9 . _ -)");
+      t.fail("name", quote80(*name) + " is not a valid peer name (use 1 to 64 of a-z 0-9 . _ -)");
     else
       p.name = *name;
   }
@@ -954,7 +929,7 @@ std::optional<peer_section> checker::read_peer(const table_reader& t) {
     }
     if (auto s = t.string("server_name")) {
       if (!valid_hostname(*s) && !valid_ipv6(*s))
-        t.fail("server_name", quote(*s) + " is not a host name");
+        t.fail("server_name", quote80(*s) + " is not a host name");
       else
         p.server_name = *s;
     }
@@ -971,7 +946,7 @@ std::optional<peer_section> checker::read_peer(const table_reader& t) {
         return is_lower_alnum(c) || c == '.' || c == '_' || c == '-' || c == '*';
       });
       if (!ok)
-        fail(path, quote(s) + " is not a stream pattern (1 to 64 of a-z 0-9 . _ - and * for any run)", line);
+        fail(path, quote80(s) + " is not a stream pattern (1 to 64 of a-z 0-9 . _ - and * for any run)", line);
       else
         streams.push_back(s);
     }
@@ -1016,7 +991,7 @@ void checker::read_peers(const table_reader& root, node_config& cfg) {
       const auto& n = name->as_string().str;
       auto it = std::find_if(names.begin(), names.end(), [&](const seen& s) { return s.name == n; });
       if (it != names.end())
-        t.fail("name", "duplicate peer name " + quote(n) + " (also peer[" + std::to_string(it->index) + "])");
+        t.fail("name", "duplicate peer name " + quote80(n) + " (also peer[" + std::to_string(it->index) + "])");
       else
         names.push_back({n, i});
     }
@@ -1081,7 +1056,7 @@ void checker::cross_checks(const table_reader& root, const node_config& cfg) {
   for (std::size_t i = 0; i < eps.size(); ++i)
     for (std::size_t j = 0; j < i; ++j)
       if (same_socket(*eps[i].ep, *eps[j].ep)) {
-        fail(eps[i].key, quote(eps[i].ep->to_string()) + " uses the same port as " + eps[j].key, 0);
+        fail(eps[i].key, quote80(eps[i].ep->to_string()) + " uses the same port as " + eps[j].key, 0);
         break;
       }
 }

@@ -1,4 +1,5 @@
 #include "relay/node.hpp"
+#include "util/text.hpp"
 
 #include "queue/store.hpp"
 #include "relay/http_client.hpp"
@@ -206,26 +207,6 @@ private:
 
 // ------------------------------------------------------------ https sink
 
-std::string base64(std::string_view in) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  std::size_t i = 0;
-  auto at = [&](std::size_t k) { return static_cast<unsigned>(static_cast<unsigned char>(in[k])); };
-  for (; i + 2 < in.size(); i += 3) {
-    unsigned v = (at(i) << 16) | (at(i + 1) << 8) | at(i + 2);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
-  }
-  if (i + 1 == in.size()) {
-    unsigned v = at(i) << 16;
-    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == in.size()) {
-    unsigned v = (at(i) << 16) | (at(i + 1) << 8);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
-  }
-  return out;
-}
-
 // POSTs a peer's queue to any HTTPS endpoint as JSON batches
 // ({"segments": [{"id", "stream", "created_at", "checksum", "payload_base64"}]})
 // over mutual TLS. 2xx: delivered. 4xx: the endpoint refuses the data, so
@@ -292,7 +273,7 @@ private:
                                     {"stream", sg.stream},
                                     {"created_at", sg.created_ms},
                                     {"checksum", util::checksum_hex(sg.checksum)},
-                                    {"payload_base64", base64(sg.payload)}});
+                                    {"payload_base64", util::base64(sg.payload)}});
         keys.push_back(sg.key);
       }
       std::string body = json::serialize(json::object{{"segments", std::move(segs)}});

@@ -1,4 +1,5 @@
 #include "util/units.hpp"
+#include "util/text.hpp"
 
 #include <boost/throw_exception.hpp>
 #include <limits>
@@ -30,37 +31,6 @@ std::string_view trim(std::string_view s) noexcept {
   while (!s.empty() && is_space(s.back()))
     s.remove_suffix(1);
   return s;
-}
-
-// Quotes text for an error message: escapes quotes, backslashes and control
-// bytes, and cuts long text (on a UTF-8 boundary) so a message stays readable.
-std::string quote(std::string_view s) {
-  constexpr std::size_t limit = 64;
-  const bool cut = s.size() > limit;
-  if (cut) {
-    std::size_t n = limit;
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
-      --n;
-    s = s.substr(0, n);
-  }
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string out = "\"";
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (u < 0x20 || u == 0x7f) {
-      out += "\\x";
-      out += hex[u >> 4];
-      out += hex[u & 0xF];
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-  if (cut) out += "...";
-  return out;
 }
 
 parse_error fail(std::string_view noun, std::string_view text, std::string_view reason) {

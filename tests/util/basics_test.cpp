@@ -72,3 +72,22 @@ TEST_CASE("error codes carry the project's category and a retry class") {
   CHECK(classify(boost::system::errc::make_error_code(boost::system::errc::resource_unavailable_try_again)) ==
         error_class::retry_now);
 }
+
+#include "util/text.hpp"
+
+TEST_CASE("base64 matches the RFC 4648 test vectors") {
+  CHECK(util::base64("") == "");
+  CHECK(util::base64("f") == "Zg==");
+  CHECK(util::base64("fo") == "Zm8=");
+  CHECK(util::base64("foo") == "Zm9v");
+  CHECK(util::base64("foob") == "Zm9vYg==");
+  CHECK(util::base64("fooba") == "Zm9vYmE=");
+  CHECK(util::base64("foobar") == "Zm9vYmFy");
+  CHECK(util::base64(std::string("\xff\x00\x80", 3)) == "/wCA");
+}
+
+TEST_CASE("quote escapes and cuts text for one-line messages") {
+  CHECK(util::quote("a\"b\\c\n") == "\"a\\\"b\\\\c\\x0a\"");
+  CHECK(util::quote(std::string(100, 'x'), 10) == "\"xxxxxxxxxx\"...");
+  CHECK(util::quote("\xc3\xa9\xc3\xa9", 3) == "\"\xc3\xa9\"..."); // never cuts inside a UTF-8 character
+}

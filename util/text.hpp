@@ -1,0 +1,18 @@
+#pragma once
+// Text helpers shared by error messages and wire formats.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace edgerelay::util {
+
+// Quotes text for a message: escapes quotes, backslashes and control bytes,
+// and cuts text longer than `limit` bytes (on a UTF-8 boundary, marked "...")
+// so the message stays one readable line.
+std::string quote(std::string_view s, std::size_t limit = 64);
+
+// Standard base64 with padding (RFC 4648 §4).
+std::string base64(std::string_view in);
+
+} // namespace edgerelay::util
