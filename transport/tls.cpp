@@ -1,5 +1,7 @@
 #include "transport/tls.hpp"
 
+#include "transport/detail/openssl.hpp"
+
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/error.hpp>
 
@@ -24,6 +26,8 @@
 
 namespace edgerelay::transport {
 namespace {
+
+using namespace detail;
 
 // ------------------------------------------------------------------ errors
 
@@ -52,36 +56,6 @@ public:
     return "unknown TLS error";
   }
 };
-
-error fail(tls_errc c, std::string msg) { return error{make_error_code(c), std::move(msg)}; }
-
-// Drains OpenSSL's error queue into one line.
-std::string openssl_errors() {
-  std::string out;
-  char buf[256];
-  while (unsigned long e = ERR_get_error()) {
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? std::string("no OpenSSL error recorded") : out;
-}
-
-// ------------------------------------------------------------------ RAII
-
-template <auto Fn>
-struct openssl_deleter {
-  template <class T>
-  void operator()(T* p) const noexcept {
-    Fn(p);
-  }
-};
-using bio_ptr = std::unique_ptr<BIO, openssl_deleter<BIO_free_all>>;
-using x509_ptr = std::unique_ptr<X509, openssl_deleter<X509_free>>;
-using crl_ptr = std::unique_ptr<X509_CRL, openssl_deleter<X509_CRL_free>>;
-using pkey_ptr = std::unique_ptr<EVP_PKEY, openssl_deleter<EVP_PKEY_free>>;
-using bn_ptr = std::unique_ptr<BIGNUM, openssl_deleter<BN_free>>;
-using names_ptr = std::unique_ptr<GENERAL_NAMES, openssl_deleter<GENERAL_NAMES_free>>;
 
 // ------------------------------------------------------------------ files
 
