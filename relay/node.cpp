@@ -107,26 +107,11 @@ struct node::impl {
 
 namespace {
 
-// Delivers a peer's queue into a durable spool directory. Runs on its own
-// thread because every append is fsynced before the segments are acked.
-class file_forwarder final : public forwarder {
+// A forwarder that delivers on a thread of its own (blocking I/O: fsync, a
+// synchronous HTTPS call). Derived classes start the thread with launch(),
+// call stop() in their destructor, and wait between rounds with pause().
+class threaded_forwarder : public forwarder {
 public:
-  file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id) : n_(n), cfg_(p), id_(id) {}
-  ~file_forwarder() override { stop(); }
-
-  void start() override {
-    auto w = spool_writer::open(cfg_.spool_dir);
-    if (!w) {
-      std::lock_guard lk(mu_);
-      last_error_ = w.error().message;
-      state_ = 3;
-      spdlog::error("peer {}: {}", cfg_.name, last_error_);
-      return;
-    }
-    writer_ = std::move(*w);
-    state_ = 1;
-    thread_ = std::thread([this] { run(); });
-  }
   void stop() override {
     {
       std::lock_guard lk(mu_);
@@ -142,6 +127,51 @@ public:
     }
     cv_.notify_all();
   }
+
+protected:
+  template <class F>
+  void launch(F&& body) {
+    thread_ = std::thread(std::forward<F>(body));
+  }
+  bool stopping() {
+    std::lock_guard lk(mu_);
+    return stopping_;
+  }
+  // Waits up to d or until notify()/stop(); false when stopping.
+  bool pause(std::chrono::milliseconds d) {
+    std::unique_lock lk(mu_);
+    cv_.wait_for(lk, d, [&] { return stopping_ || poked_; });
+    poked_ = false;
+    return !stopping_;
+  }
+  mutable std::mutex mu_; // guards the members below and what status() reads
+  std::condition_variable cv_;
+  bool stopping_ = false, poked_ = false;
+
+private:
+  std::thread thread_;
+};
+
+// Delivers a peer's queue into a durable spool directory. Runs on its own
+// thread because every append is fsynced before the segments are acked.
+class file_forwarder final : public threaded_forwarder {
+public:
+  file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id) : n_(n), cfg_(p), id_(id) {}
+  ~file_forwarder() override { stop(); }
+
+  void start() override {
+    auto w = spool_writer::open(cfg_.spool_dir);
+    if (!w) {
+      std::lock_guard lk(mu_);
+      last_error_ = w.error().message;
+      state_ = 3;
+      spdlog::error("peer {}: {}", cfg_.name, last_error_);
+      return;
+    }
+    writer_ = std::move(*w);
+    state_ = 1;
+    launch([this] { run(); });
+  }
   json::object status() const override {
     std::lock_guard lk(mu_);
     json::object o;
@@ -155,15 +185,10 @@ public:
 private:
   void run() {
     for (;;) {
-      {
-        std::unique_lock lk(mu_);
-        if (stopping_) return;
-      }
+      if (stopping()) return;
       auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
       if (!b || b->segments.empty()) {
-        std::unique_lock lk(mu_);
-        cv_.wait_for(lk, 50ms, [&] { return stopping_ || poked_; });
-        poked_ = false;
+        if (!pause(50ms)) return;
         continue;
       }
       std::vector<spool_input> recs;
@@ -197,12 +222,8 @@ private:
   peer_section cfg_;
   queue::peer_id id_;
   std::unique_ptr<spool_writer> writer_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false, poked_ = false;
   int state_ = 0;
   std::string last_error_;
-  std::thread thread_;
 };
 
 // ------------------------------------------------------------ https sink
@@ -212,7 +233,7 @@ private:
 // over mutual TLS. 2xx: delivered. 4xx: the endpoint refuses the data, so
 // retrying cannot help: dead-letter with reason http_<status>. 5xx, timeouts
 // and connection errors: an attempt failed; retried with backoff.
-class https_forwarder final : public forwarder {
+class https_forwarder final : public threaded_forwarder {
 public:
   https_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::unique_ptr<transport::tls_material> tls)
       : n_(n), cfg_(p), id_(id), tls_(std::move(tls)) {}
@@ -220,22 +241,7 @@ public:
 
   void start() override {
     state_ = 0;
-    thread_ = std::thread([this] { run(); });
-  }
-  void stop() override {
-    {
-      std::lock_guard lk(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-  }
-  void notify() override {
-    {
-      std::lock_guard lk(mu_);
-      poked_ = true;
-    }
-    cv_.notify_all();
+    launch([this] { run(); });
   }
   json::object status() const override {
     std::lock_guard lk(mu_);
@@ -246,21 +252,11 @@ public:
   }
 
 private:
-  bool pause(std::chrono::milliseconds d) {
-    std::unique_lock lk(mu_);
-    cv_.wait_for(lk, d, [&] { return stopping_ || poked_; });
-    poked_ = false;
-    return !stopping_;
-  }
-
   void run() {
     unsigned failures = 0;
     std::mt19937 rng{std::random_device{}()};
     for (;;) {
-      {
-        std::lock_guard lk(mu_);
-        if (stopping_) return;
-      }
+      if (stopping()) return;
       auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
       if (!b || b->segments.empty()) {
         if (!pause(50ms)) return;
@@ -322,14 +318,10 @@ private:
   peer_section cfg_;
   queue::peer_id id_;
   std::unique_ptr<transport::tls_material> tls_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false, poked_ = false;
   int state_ = 0;
   std::string last_error_;
   std::uint64_t last_bytes_ = 0;
   std::int64_t last_ms_ = 0;
-  std::thread thread_;
 };
 
 // ------------------------------------------------------------ relay forwarder
