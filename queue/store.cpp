@@ -1478,6 +1478,9 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   if (!p) return errc::unknown_peer;
   batch out;
   out.peer = peer;
+  // The segments view into buffer, and the batch is moved on return: a
+  // heap buffer keeps its address across moves, a short (SSO) string does not.
+  out.buffer.reserve(64);
   if (max_segments == 0) return out;
   std::shared_lock map_lk(impl_->map_mu);
   std::lock_guard lk(p->mu);

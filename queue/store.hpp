@@ -119,7 +119,7 @@ struct batch {
   std::uint64_t payload_bytes = 0;
   // Set when nothing was ready but something is waiting for its backoff.
   std::optional<std::chrono::system_clock::time_point> next_ready;
-  std::string buffer; // owns what segments[] view
+  std::string buffer; // owns what segments[] view; always heap-allocated, so moving a batch keeps the views valid
   batch() = default;
   batch(batch&&) noexcept = default;
   batch& operator=(batch&&) noexcept = default;

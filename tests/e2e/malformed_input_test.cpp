@@ -164,7 +164,8 @@ TEST_CASE("a batch with a bad checksum, a bad stream and no route rejects only t
   ch->send(batch_of(7, recs));
   auto fut = ackp.get_future();
   REQUIRE(fut.wait_for(5s) == std::future_status::ready);
-  auto d = transport::decode(fut.get());
+  const std::string ack_msg = fut.get(); // decoded views point into it
+  auto d = transport::decode(ack_msg);
   REQUIRE(d.has_value());
   auto* a = std::get_if<transport::ack>(&*d);
   REQUIRE(a != nullptr);
@@ -189,7 +190,8 @@ TEST_CASE("a batch with a bad checksum, a bad stream and no route rejects only t
   ch2->send(batch_of(1, {recs[0]}));
   auto f2 = ack2.get_future();
   REQUIRE(f2.wait_for(5s) == std::future_status::ready);
-  auto d2 = transport::decode(f2.get());
+  const std::string ack2_msg = f2.get();
+  auto d2 = transport::decode(ack2_msg);
   REQUIRE(d2.has_value());
   CHECK(std::get<transport::ack>(*d2).results[0].status == transport::ack_status::duplicate);
   ch2->close("done");

@@ -901,3 +901,19 @@ TEST_CASE("draining a backlog does not keep the map's pages resident") {
   INFO("RssFile before the drain " << before << " KiB, peak " << peak << " KiB");
   CHECK(peak - before < 64 * 1024);
 }
+
+TEST_CASE("a batch of tiny segments stays valid when moved") {
+  fixture f;
+  std::string p = "x";
+  const queue::peer_id to[] = {f.a};
+  REQUIRE_FALSE(f.s->enqueue_wait({{"s", p, to}}).ec);
+  auto r = f.s->read_batch(f.a, 10, 1 << 20);
+  REQUIRE(r.has_value());
+  queue::batch moved = std::move(*r);
+  std::vector<queue::batch> many;
+  many.push_back(std::move(moved));
+  REQUIRE(many[0].segments.size() == 1);
+  CHECK(many[0].segments[0].payload == "x");
+  CHECK(many[0].segments[0].stream == "s");
+  CHECK(many[0].segments[0].id == "n1:1");
+}
