@@ -1023,22 +1023,21 @@ std::string node::impl::metrics() const {
   line("# HELP edgerelay_segments_accepted_total Segments newly stored by this node.");
   line("# TYPE edgerelay_segments_accepted_total counter");
   line("edgerelay_segments_accepted_total " + std::to_string(st.accepted));
-  line("# HELP edgerelay_segments_delivered_total Segments delivered to a peer.");
-  line("# TYPE edgerelay_segments_delivered_total counter");
-  for (auto& p : st.peers)
-    line("edgerelay_segments_delivered_total{peer=\"" + p.name + "\"} " + std::to_string(p.counters.delivered));
-  line("# HELP edgerelay_segments_evicted_total Segments evicted by the overflow policy.");
-  line("# TYPE edgerelay_segments_evicted_total counter");
-  for (auto& p : st.peers)
-    line("edgerelay_segments_evicted_total{peer=\"" + p.name + "\"} " + std::to_string(p.counters.evicted));
-  line("# HELP edgerelay_queue_segments Segments queued for a peer.");
-  line("# TYPE edgerelay_queue_segments gauge");
-  for (auto& p : st.peers)
-    line("edgerelay_queue_segments{peer=\"" + p.name + "\"} " + std::to_string(p.counters.queued));
-  line("# HELP edgerelay_queue_bytes Bytes queued for a peer.");
-  line("# TYPE edgerelay_queue_bytes gauge");
-  for (auto& p : st.peers)
-    line("edgerelay_queue_bytes{peer=\"" + p.name + "\"} " + std::to_string(p.counters.queued_bytes));
+  // One metric family with a value per peer.
+  auto per_peer = [&](const char* name, const char* type, const char* help, auto value) {
+    line(std::string("# HELP ") + name + " " + help);
+    line(std::string("# TYPE ") + name + " " + type);
+    for (auto& p : st.peers)
+      line(std::string(name) + "{peer=\"" + p.name + "\"} " + std::to_string(value(p.counters)));
+  };
+  per_peer("edgerelay_segments_delivered_total", "counter", "Segments delivered to a peer.",
+           [](const queue::peer_counters& c) { return c.delivered; });
+  per_peer("edgerelay_segments_evicted_total", "counter", "Segments evicted by the overflow policy.",
+           [](const queue::peer_counters& c) { return c.evicted; });
+  per_peer("edgerelay_queue_segments", "gauge", "Segments queued for a peer.",
+           [](const queue::peer_counters& c) { return c.queued; });
+  per_peer("edgerelay_queue_bytes", "gauge", "Bytes queued for a peer.",
+           [](const queue::peer_counters& c) { return c.queued_bytes; });
   line("# HELP edgerelay_deadletter_segments Segments in the dead-letter store.");
   line("# TYPE edgerelay_deadletter_segments gauge");
   line("edgerelay_deadletter_segments " + std::to_string(st.deadletter_segments));

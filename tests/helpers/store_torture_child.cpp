@@ -27,6 +27,7 @@
 // start, and 4 after a safety limit of 60 s so an orphan cannot run forever.
 
 #include "queue/store.hpp"
+#include "tests/support/torture_options.hpp"
 #include "util/checksum.hpp"
 
 #include <algorithm>
@@ -56,24 +57,7 @@ namespace {
 namespace q = edgerelay::queue;
 using namespace std::chrono_literals;
 
-// Must match torture_options() in tests/queue/crash_torture_test.cpp.
-q::store_options torture_options(const char* dir) {
-  q::store_options o;
-  o.data_dir = dir;
-  o.node_id = "torture";
-  o.sync = q::sync_mode::full;
-  o.max_bytes = 8ull << 20;
-  o.max_segment_bytes = 64u << 10;
-  o.overflow = q::overflow_policy::evict_lru;
-  o.max_retry = 3;
-  o.retry_backoff.initial = 1ms;
-  o.retry_backoff.max = 10ms;
-  o.retry_backoff.multiplier = 2.0;
-  o.retry_backoff.jitter = 0.2;
-  o.deadletter_max_bytes = 1ull << 30; // the test purges the dead-letter store itself, never the store
-  o.eviction_journal_max = 1'000'000;  // far more than one cycle evicts: the test reads every entry
-  return o;
-}
+using edgerelay::test::torture_options;
 
 constexpr std::string_view stream = "torture";
 constexpr int producers = 8;

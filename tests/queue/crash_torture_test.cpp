@@ -33,6 +33,7 @@
 // directory is kept and its path printed.
 
 #include "queue/store.hpp"
+#include "tests/support/torture_options.hpp"
 #include "util/checksum.hpp"
 #include "util/clock.hpp"
 
@@ -71,24 +72,7 @@ namespace q = edgerelay::queue;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
-// Must match torture_options() in tests/helpers/store_torture_child.cpp.
-q::store_options torture_options(const fs::path& dir) {
-  q::store_options o;
-  o.data_dir = dir;
-  o.node_id = "torture";
-  o.sync = q::sync_mode::full;
-  o.max_bytes = 8ull << 20;
-  o.max_segment_bytes = 64u << 10;
-  o.overflow = q::overflow_policy::evict_lru;
-  o.max_retry = 3;
-  o.retry_backoff.initial = 1ms;
-  o.retry_backoff.max = 10ms;
-  o.retry_backoff.multiplier = 2.0;
-  o.retry_backoff.jitter = 0.2;
-  o.deadletter_max_bytes = 1ull << 30;
-  o.eviction_journal_max = 1'000'000;
-  return o;
-}
+using edgerelay::test::torture_options;
 
 constexpr std::uint64_t purge_deadletter_above = 16ull << 20;
 constexpr std::size_t npeers = 2;
