@@ -103,6 +103,25 @@ struct counters_codec {
   }
 };
 
+// The `quota` table's value: i64 period start (Unix ms), u64 used bytes.
+struct quota_codec {
+  static std::string encode(std::int64_t period_start_ms, std::uint64_t used) {
+    std::string s;
+    util::writer w(s);
+    w.u64(static_cast<std::uint64_t>(period_start_ms));
+    w.u64(used);
+    return s;
+  }
+  static std::optional<quota_record> decode(std::string_view v) {
+    if (v.size() != 16) return std::nullopt;
+    util::reader r(v);
+    quota_record q;
+    q.period_start_unix_ms = static_cast<std::int64_t>(r.u64());
+    q.used_bytes = r.u64();
+    return q;
+  }
+};
+
 struct globals {
   std::uint64_t gseq = 1;  // next queue key
   std::uint64_t oseq = 1;  // next origin sequence
@@ -179,7 +198,7 @@ struct peer_rt {
 };
 
 struct request {
-  enum class kind { enqueue, ack, nack, reject, dl_retry, dl_purge, maintenance, add_peer } k;
+  enum class kind { enqueue, ack, nack, reject, dl_retry, dl_purge, maintenance, add_peer, quota_save } k;
   std::vector<segment_in> segs;
   enqueue_callback on_enqueue;
   peer_id peer = 0;
@@ -193,6 +212,8 @@ struct request {
   std::string name;
   std::function<void(result<peer_id>)> on_peer;
   std::optional<std::chrono::steady_clock::time_point> deadline; // overflow = block
+  std::int64_t quota_period_ms = 0;                              // quota_save
+  std::uint64_t quota_used = 0;                                  // quota_save
   // outcome
   enqueue_result eres;
   sys_ec ec;
@@ -207,10 +228,14 @@ struct request {
 
 struct store::impl {
   store_options opt;
+  // The retry policy in force: opt's at open, replaced by set_retry_policy().
+  std::mutex retry_mu;
+  std::uint32_t max_retry = 0;
+  backoff_policy retry_backoff;
   util::clock* clk = nullptr;
   MDB_env* env = nullptr;
   int lock_fd = -1;
-  MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0;
+  MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0, quota_db = 0;
   std::uint64_t map_size = 0, max_map = 0;
   void* map_base = nullptr; // LMDB's read-only mapping of data.mdb, for trim_map()
   std::size_t map_len = 0;
@@ -516,6 +541,7 @@ struct store::impl {
     case request::kind::dl_purge: return apply_dl(w, r, false);
     case request::kind::maintenance: return apply_maintenance(w, r);
     case request::kind::add_peer: return apply_add_peer(w, r);
+    case request::kind::quota_save: return apply_quota_save(w, r);
     }
     return MDB_SUCCESS;
   }
@@ -528,6 +554,7 @@ struct store::impl {
     case request::kind::ack:
     case request::kind::nack:
     case request::kind::reject:
+    case request::kind::quota_save:
       if (r.on_done) r.on_done(r.ec);
       break;
     case request::kind::dl_retry:
@@ -839,7 +866,11 @@ struct store::impl {
   }
 
   std::chrono::milliseconds backoff(std::uint32_t attempts) {
-    const auto& b = opt.retry_backoff;
+    backoff_policy b;
+    {
+      std::lock_guard lk(retry_mu);
+      b = retry_backoff;
+    }
     double d = static_cast<double>(b.initial.count()) * std::pow(b.multiplier, static_cast<double>(attempts) - 1.0);
     d = std::min(d, static_cast<double>(b.max.count()));
     if (b.jitter > 0) {
@@ -922,7 +953,12 @@ struct store::impl {
       if (rc) return rc;
       --c.queued;
       c.queued_bytes -= old_sz;
-      if (rec->attempts >= opt.max_retry) {
+      std::uint32_t limit;
+      {
+        std::lock_guard lk(retry_mu);
+        limit = max_retry;
+      }
+      if (rec->attempts >= limit) {
         rc = to_deadletter(w, p, scratch, "max_retry");
         if (rc) return rc;
         continue;
@@ -1091,6 +1127,14 @@ struct store::impl {
     return enforce_deadletter_bytes(w);
   }
 
+  int apply_quota_save(txn& w, request& r) {
+    if (!peer(r.peer)) {
+      r.ec = errc::unknown_peer;
+      return MDB_SUCCESS;
+    }
+    return w.put(quota_db, be32key(r.peer), quota_codec::encode(r.quota_period_ms, r.quota_used));
+  }
+
   int apply_add_peer(txn& w, request& r) {
     {
       std::shared_lock lk(peers_mu);
@@ -1149,6 +1193,8 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
   namespace fs = std::filesystem;
   auto m = std::make_unique<impl>();
   m->opt = std::move(options);
+  m->max_retry = m->opt.max_retry;
+  m->retry_backoff = m->opt.retry_backoff;
   auto& o = m->opt;
   m->clk = o.clock ? o.clock : &util::system_clock_source::instance();
   const std::string dir = o.data_dir.string();
@@ -1226,7 +1272,9 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
                            {"deadletter", &m->dl_db},
                            {"evictions", &m->evj_db},
                            {"ids", &m->ids_db},
-                           {"ids_by_time", &m->ids_t_db}}) {
+                           {"ids_by_time", &m->ids_t_db},
+                           // Added after format 1 shipped; created on first open by this version.
+                           {"quota", &m->quota_db}}) {
     rc = open_db(name, *dbi);
     if (rc) {
       if (rc == MDB_INCOMPATIBLE)
@@ -1441,6 +1489,32 @@ void store::maintenance(std::function<void(result<maintenance_result>)> done) {
   impl_->submit(std::move(r));
 }
 
+void store::save_quota_state(peer_id peer, std::int64_t period_start_unix_ms, std::uint64_t used_bytes,
+                             done_callback done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::quota_save;
+  r->peer = peer;
+  r->quota_period_ms = period_start_unix_ms;
+  r->quota_used = used_bytes;
+  r->on_done = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+result<std::optional<quota_record>> store::load_quota_state(peer_id peer) const {
+  if (!impl_->peer(peer)) return errc::unknown_peer;
+  std::shared_lock map_lk(impl_->map_mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  std::string_view v;
+  rc = t.get(impl_->quota_db, be32key(peer), v);
+  if (rc == MDB_NOTFOUND) return std::optional<quota_record>{};
+  if (rc) return lmdb_ec(rc);
+  auto q = quota_codec::decode(v);
+  if (!q) return errc::store_corrupt;
+  return q;
+}
+
 namespace {
 template <class T, class F>
 T wait_for(F&& start) {
@@ -1471,6 +1545,9 @@ result<std::uint64_t> store::deadletter_purge_wait(deadletter_selector sel) {
 }
 result<maintenance_result> store::maintenance_wait() {
   return wait_for<result<maintenance_result>>([&](auto cb) { maintenance(cb); });
+}
+sys_ec store::save_quota_state_wait(peer_id peer, std::int64_t period_start_unix_ms, std::uint64_t used_bytes) {
+  return wait_for<sys_ec>([&](auto cb) { save_quota_state(peer, period_start_unix_ms, used_bytes, cb); });
 }
 
 result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes) {
@@ -1766,6 +1843,12 @@ result<accounting_report> store::verify_accounting() const {
 }
 
 const store_options& store::options() const noexcept { return impl_->opt; }
+
+void store::set_retry_policy(std::uint32_t max_retry, backoff_policy backoff) {
+  std::lock_guard lk(impl_->retry_mu);
+  impl_->max_retry = std::max<std::uint32_t>(1, max_retry);
+  impl_->retry_backoff = backoff;
+}
 
 void store::set_commit_observer(commit_observer obs) {
   std::lock_guard lk(impl_->q_mu);

@@ -2,13 +2,15 @@
 // edgerelay::queue::store — the node's durable state in one LMDB environment:
 // per-peer FIFO queues, leases for in-flight deliveries, attempts and backoff,
 // the dead-letter store, LRU eviction with its journal, persistent per-peer
-// counters and the received-id (dedupe) table.
+// counters, the received-id (dedupe) table and each peer's bandwidth quota
+// state.
 //
 // Threads. Every write (enqueue, ack, nack, reject, dead-letter operations,
-// evictions, maintenance) is a request handed to the store's single writer
-// thread, which puts every request that arrived while the previous commit was
-// in flight into one transaction (group commit) and completes the callers only
-// after that transaction committed (and, with sync = full, was fsynced).
+// evictions, maintenance, quota saves) is a request handed to the store's
+// single writer thread, which puts every request that arrived while the
+// previous commit was in flight into one transaction (group commit) and
+// completes the callers only after that transaction committed (and, with
+// sync = full, was fsynced).
 // Completion callbacks run on the writer thread: they must be short and must
 // not call the store's *_wait functions. Reads (read_batch, list functions,
 // stats) may be called from any thread; they use read-only transactions.
@@ -54,6 +56,7 @@ struct backoff_policy {
   std::chrono::milliseconds max{std::chrono::minutes{5}};
   double multiplier = 2.0;
   double jitter = 0.2; // +/- this fraction, uniformly
+  friend bool operator==(const backoff_policy&, const backoff_policy&) = default;
 };
 
 struct store_options {
@@ -202,6 +205,14 @@ struct accounting_report {
   std::vector<std::string> problems; // each a sentence naming the peer and the mismatch
 };
 
+// A peer's bandwidth quota state as persisted (bandwidth::quota_state in the
+// store's terms): the start of the current quota period and the bytes sent in it.
+struct quota_record {
+  std::int64_t period_start_unix_ms = 0;
+  std::uint64_t used_bytes = 0;
+  friend bool operator==(const quota_record&, const quota_record&) = default;
+};
+
 struct maintenance_result {
   std::uint64_t deadletter_purged = 0;
   std::uint64_t dedupe_expired = 0;
@@ -232,6 +243,10 @@ public:
   void deadletter_retry(deadletter_selector sel, std::function<void(result<std::uint64_t>)> done);
   void deadletter_purge(deadletter_selector sel, std::function<void(result<std::uint64_t>)> done);
   void maintenance(std::function<void(result<maintenance_result>)> done);
+  // Replaces the peer's quota record (one per peer, last write wins; saves
+  // handed in while a commit is in flight share the next transaction). Fails
+  // with errc::unknown_peer for an id add_peer() did not return.
+  void save_quota_state(peer_id peer, std::int64_t period_start_unix_ms, std::uint64_t used_bytes, done_callback done);
 
   // Blocking forms of the above, for tools and tests (never from the writer's callbacks).
   enqueue_result enqueue_wait(std::vector<segment_in> segments);
@@ -241,6 +256,8 @@ public:
   result<std::uint64_t> deadletter_retry_wait(deadletter_selector sel);
   result<std::uint64_t> deadletter_purge_wait(deadletter_selector sel);
   result<maintenance_result> maintenance_wait();
+  boost::system::error_code save_quota_state_wait(peer_id peer, std::int64_t period_start_unix_ms,
+                                                  std::uint64_t used_bytes);
 
   // Reads up to max_segments / max_bytes (at least one segment if any is
   // ready, even when it alone exceeds max_bytes) of the peer's ready
@@ -253,9 +270,18 @@ public:
   result<deadletter_page> deadletter_list(const deadletter_filter& f) const;
   result<std::vector<eviction_record>> evictions(std::uint64_t after_seq, std::size_t limit) const;
   store_stats stats() const;
+  // The peer's last committed quota record; nullopt when none was ever saved.
+  // errc::unknown_peer for an unregistered id, errc::store_corrupt for a
+  // damaged record. Any thread (read-only transaction).
+  result<std::optional<quota_record>> load_quota_state(peer_id peer) const;
   result<accounting_report> verify_accounting() const;
 
   const store_options& options() const noexcept;
+  // Replaces max_retry and retry_backoff (config reload). Applies to the next
+  // failed attempt; segments already past the new max_retry go to the
+  // dead-letter store at their next failure. Any thread. options() keeps
+  // returning the values the store was opened with.
+  void set_retry_policy(std::uint32_t max_retry, backoff_policy backoff);
   // Seconds the most recent commits took (with fsync), for the commit histogram.
   using commit_observer = std::function<void(double seconds, std::size_t requests)>;
   void set_commit_observer(commit_observer obs);
