@@ -1,5 +1,8 @@
 #include "util/units.hpp"
+
 #include "util/text.hpp"
+#include <cstdio>
+#include <ctime>
 
 #include <boost/throw_exception.hpp>
 #include <limits>
@@ -381,6 +384,18 @@ std::string format_rate(std::uint64_t bytes_per_s) {
       {"GiB/s", gibi}, {"GB/s", giga}, {"MiB/s", mebi}, {"MB/s", mega}, {"KiB/s", kibi}, {"KB/s", kilo},
   };
   return format_exact(bytes_per_s, units, "B/s");
+}
+
+std::string format_utc(std::chrono::system_clock::time_point t) {
+  auto ms = std::chrono::floor<std::chrono::milliseconds>(t).time_since_epoch().count();
+  std::time_t secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  int frac = static_cast<int>(ms - static_cast<std::int64_t>(secs) * 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  return buf;
 }
 
 } // namespace edgerelay::util

@@ -102,4 +102,7 @@ std::string format_duration(std::chrono::milliseconds d);
 // 1'250'000 -> "1.25 MB/s", 1048576 -> "1 MiB/s", 125 -> "125 B/s".
 std::string format_rate(std::uint64_t bytes_per_s);
 
+// RFC 3339 in UTC with milliseconds: "2026-11-23T09:05:00.123Z".
+std::string format_utc(std::chrono::system_clock::time_point t);
+
 } // namespace edgerelay::util
