@@ -3,8 +3,11 @@
 
 #include "relay/config.hpp"
 #include "relay/demo.hpp"
+#include "relay/evidence_cli.hpp"
 #include "relay/http_client.hpp"
+#include "relay/impair_cli.hpp"
 #include "relay/node.hpp"
+#include "relay/producer.hpp"
 #include "relay/spool.hpp"
 #include "relay/store_demo.hpp"
 #include "transport/pki.hpp"
@@ -37,6 +40,7 @@ int cmd_run(const std::string& file) {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   auto n = node::create(std::move(*cfg));
   if (!n) {
@@ -52,7 +56,9 @@ int cmd_run(const std::string& file) {
     if (auto a = (*n)->address(l); !a.empty()) std::cerr << ", " << l << " " << a;
   std::cerr << std::endl;
   int sig = 0;
-  sigwait(&set, &sig);
+  // SIGHUP re-reads the config (as POST /v1/reload does); SIGINT/SIGTERM stop.
+  while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
+    (void)(*n)->reload(); // the node logs what it applied, what needs a restart, or why it refused
   std::cerr << "edgerelay: stopping on signal " << sig << "\n";
   (*n)->stop();
   return 0;
@@ -113,12 +119,54 @@ int cmd_spool_cat(const std::string& dir, bool as_json) {
 
 struct send_options {
   std::string url, stream, file, size = "1KiB";
-  unsigned count = 0, batch = 100;
+  unsigned count = 0, batch = 100, window = 8;
+  std::string ca, cert, key, server_name; // wss://
+  bool zstd = false;
 };
+
+// The WebSocket producer path (ws:// or wss://): the relay protocol on the
+// ingest listener, `window` batches of `batch` segments in flight.
+int send_ws(const send_options& o, const std::vector<std::string>& payloads, std::uint64_t segment_bytes) {
+  producer_options po;
+  po.url = o.url;
+  po.name = "edgerelay-send";
+  po.tls = {o.cert, o.key, o.ca, {}, {}};
+  po.server_name = o.server_name;
+  po.window = o.window;
+  po.batch_max_segments = o.batch;
+  po.batch_max_bytes = std::max<std::uint64_t>(1, segment_bytes * o.batch);
+  po.zstd = o.zstd;
+  auto p = ws_producer::connect(po);
+  if (!p) {
+    std::cerr << "edgerelay send: " << p.error().message << "\n";
+    return 1;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  std::uint64_t total = o.count == 0 ? 1 : o.count;
+  for (std::uint64_t i = 0; i < total; ++i)
+    if (auto r = (*p)->send(o.stream, payloads[i % payloads.size()]); !r) {
+      std::cerr << "edgerelay send: " << r.error().message << "\n";
+      return 1;
+    }
+  if (auto r = (*p)->flush(); !r) {
+    std::cerr << "edgerelay send: " << r.error().message << "\n";
+    return 1;
+  }
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto st = (*p)->stats();
+  std::cout << "sent " << st.segments_sent << " segments over WebSocket in " << s << " s ("
+            << static_cast<std::uint64_t>(static_cast<double>(st.segments_sent) / std::max(s, 1e-9))
+            << " segments/s): " << st.segments_ok << " stored, " << st.segments_rejected << " rejected";
+  for (auto& [reason, n] : st.rejections)
+    std::cout << " (" << reason << ": " << n << ")";
+  std::cout << "\n";
+  return st.segments_rejected == 0 ? 0 : 1;
+}
 
 // Producer client and load generator: one payload from a file or stdin, or
 // `count` random payloads of `size` bytes sent in batches.
 int cmd_send(const send_options& o) {
+  bool ws = o.url.starts_with("ws://") || o.url.starts_with("wss://");
   std::string base = o.url;
   while (!base.empty() && base.back() == '/')
     base.pop_back();
@@ -147,6 +195,7 @@ int cmd_send(const send_options& o) {
       }
       payload.assign(std::istreambuf_iterator<char>(in), {});
     }
+    if (ws) return send_ws(o, {payload}, payload.size());
     return post("segments", payload) ? 0 : 1;
   }
   auto size = util::parse_size(o.size);
@@ -156,6 +205,15 @@ int cmd_send(const send_options& o) {
     return 2;
   }
   std::mt19937_64 rng(std::random_device{}());
+  if (ws) {
+    // A pool of distinct random payloads, reused round-robin: generating
+    // random bytes must not be what limits a fast producer.
+    std::vector<std::string> pool(std::min<unsigned>(o.count, 64));
+    for (auto& pl : pool)
+      for (std::uint64_t b = 0; b < *size; ++b)
+        pl.push_back(static_cast<char>(rng()));
+    return send_ws(o, pool, *size);
+  }
   auto t0 = std::chrono::steady_clock::now();
   for (unsigned sent = 0; sent < o.count;) {
     unsigned n = std::min(o.batch, o.count - sent);
@@ -280,12 +338,23 @@ int run_cli(int argc, char** argv) {
 
   send_options so;
   auto* snd = app.add_subcommand("send", "Send segments to a node's ingest API (producer client and load generator)");
-  snd->add_option("--url", so.url, "Ingest URL, e.g. http://127.0.0.1:9400")->required();
+  snd->add_option("--url", so.url,
+                  "Ingest URL: http://127.0.0.1:9400 (HTTP), or ws://127.0.0.1:9400 / wss://... for the relay "
+                  "protocol (fast producers)")
+      ->required();
   snd->add_option("--stream", so.stream, "Stream name")->required();
   snd->add_option("--file", so.file, "Send this file as one segment ('-' or none: standard input)");
   snd->add_option("--count", so.count, "Send this many generated segments instead");
   snd->add_option("--size", so.size, "Size of each generated segment, e.g. 1KiB");
-  snd->add_option("--batch", so.batch, "Segments per request when generating")->check(CLI::Range(1u, 100000u));
+  snd->add_option("--batch", so.batch, "Segments per request (per protocol batch over ws://)")
+      ->check(CLI::Range(1u, 100000u));
+  snd->add_option("--window", so.window, "ws://: batches in flight before waiting for an ACK")
+      ->check(CLI::Range(1u, 1024u));
+  snd->add_option("--ca", so.ca, "wss://: CA certificate to verify the node with");
+  snd->add_option("--cert", so.cert, "wss://: client certificate (when the ingest listener requires one)");
+  snd->add_option("--key", so.key, "wss://: client private key");
+  snd->add_option("--server-name", so.server_name, "wss://: name the node's certificate must carry");
+  snd->add_flag("--zstd", so.zstd, "ws://: offer zstd compression of batches");
 
   dl_options dlo;
   auto* dl = app.add_subcommand("deadletter", "Dead-letter operations through the admin API");
@@ -305,6 +374,26 @@ int run_cli(int argc, char** argv) {
     c->add_option("--id", dlo.ids, "These segment ids");
     c->add_option("--older-than", dlo.older_than, "Entries dead-lettered longer ago than this, e.g. 7d");
   }
+
+  impair_cli_options imo;
+  auto* imp = app.add_subcommand("impair", "A TCP impairment proxy for tests: delay, jitter, rate, resets, blackhole");
+  imp->add_option("--listen", imo.listen, "Listen on this loopback HOST:PORT (port 0: any free port)")->required();
+  imp->add_option("--upstream", imo.upstream, "Forward every connection to HOST:PORT")->required();
+  imp->add_option("--delay", imo.delay, "One-way latency added to each direction, e.g. 200ms");
+  imp->add_option("--jitter", imo.jitter, "Uniform +/- variation of the delay, e.g. 20ms (never reorders)");
+  imp->add_option("--rate", imo.rate, "Bandwidth per connection and direction, e.g. 1Mbit or 125KB/s");
+  imp->add_option("--reset-after", imo.reset_after, "Reset each connection after forwarding this much, e.g. 64KiB");
+  imp->add_option("--max-queue", imo.max_queue, "Delay queue limit per connection and direction (default 4MiB)");
+  imp->add_flag("--blackhole", imo.blackhole, "Keep connections open but drop all data");
+  imp->add_flag("--refuse", imo.refuse, "Do not listen: connections are refused");
+
+  std::string evidence_in, evidence_out;
+  auto* evidence = app.add_subcommand("evidence", "Validation evidence: reports and the evidence matrix");
+  evidence->require_subcommand(1);
+  auto* ev_matrix =
+      evidence->add_subcommand("matrix", "Aggregate a folder of reports into matrix.md and relay-proof-report.json");
+  ev_matrix->add_option("--in", evidence_in, "Folder of <claim>.json reports")->required();
+  ev_matrix->add_option("--out", evidence_out, "Where to write the matrix (default: the --in folder)");
 
   try {
     app.parse(argc, argv);
@@ -340,6 +429,8 @@ int run_cli(int argc, char** argv) {
   if (*dl_retry) return cmd_deadletter("retry", dlo);
   if (*dl_purge) return cmd_deadletter("purge", dlo);
   if (*cat) return cmd_spool_cat(spool_dir, as_json);
+  if (*imp) return cmd_impair(imo);
+  if (*ev_matrix) return cmd_evidence_matrix(evidence_in, evidence_out.empty() ? evidence_in : evidence_out);
   return 2;
 }
 

@@ -1,6 +1,7 @@
 #include "relay/node.hpp"
 #include "util/text.hpp"
 
+#include "bandwidth/limiter.hpp"
 #include "queue/store.hpp"
 #include "relay/http_client.hpp"
 #include "relay/spool.hpp"
@@ -38,6 +39,18 @@ namespace {
 
 std::string version_string() { return EDGERELAY_VERSION; }
 
+// "<origin node id>:<origin seq>": a non-empty node id and a decimal sequence.
+bool valid_segment_id(std::string_view id) {
+  auto colon = id.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == id.size() || id.size() - colon > 21) return false;
+  for (char c : id.substr(colon + 1))
+    if (c < '0' || c > '9') return false;
+  return true;
+}
+
+// The reserved stream of the canary soak; producers may not write to it.
+constexpr std::string_view canary_stream = "_canary";
+
 transport::tls_files to_transport(const tls_files& f, const std::vector<allow_rule>& allow = {}) {
   transport::tls_files t;
   t.cert = f.cert;
@@ -49,9 +62,22 @@ transport::tls_files to_transport(const tls_files& f, const std::vector<allow_ru
   return t;
 }
 
+// A forwarder's state as /v1/status names it.
+enum peer_state : int { connecting, connected, backing_off, disabled, holding_quota, outside_window };
 const char* state_name(int s) {
-  static const char* names[] = {"connecting", "connected", "backoff", "disabled"};
+  static const char* names[] = {"connecting", "connected", "backoff", "disabled", "holding_quota", "outside_window"};
   return names[s];
+}
+
+bandwidth::policy to_policy(const bandwidth_section& b) {
+  bandwidth::policy p;
+  p.rate_bytes_per_s = b.rate;
+  p.burst_bytes = b.burst;
+  p.daily_quota_bytes = b.daily_quota;
+  p.quota_reset.since_midnight = b.quota_reset;
+  for (auto& w : b.send_windows)
+    p.send_windows.push_back({{w.start}, {w.end}});
+  return p;
 }
 
 } // namespace
@@ -64,40 +90,103 @@ public:
   virtual void stop() = 0;
   virtual void notify() = 0; // new data may be queued
   virtual json::object status() const = 0;
+  // Applies settings that need no new connection (window, batch_max_bytes,
+  // dial_timeout, ack_timeout, streams, bandwidth); any thread.
+  virtual void reconfigure(const peer_section& p) = 0;
 };
 
+// What a peer's forwarder shares with the node and outlives a forwarder that
+// a reload replaces: the bandwidth limiter and the byte counters.
+struct peer_shared {
+  std::shared_ptr<bandwidth::limiter> limiter;
+  std::atomic<std::uint64_t> wire_bytes{0};         // on the wire: after compression, framing included
+  std::atomic<std::uint64_t> uncompressed_bytes{0}; // the same messages before compression
+  std::atomic<std::uint64_t> quota_saved_version{0};
+};
+
+// One configured peer at run time. Immutable once published in
+// node::impl::peers; a reload publishes new ones.
+struct peer_runtime {
+  peer_section cfg;
+  queue::peer_id id = 0;
+  bool removed = false; // dropped from the config by a reload: not routed, forwarder stopped, data kept
+  std::shared_ptr<peer_shared> shared;
+  std::shared_ptr<forwarder> fwd;
+};
+using peer_list = std::vector<std::shared_ptr<const peer_runtime>>;
+
 struct node::impl {
+  // The config the node started with. Only what a reload cannot change is
+  // read from it after start (node, queue limits, listen addresses); what can
+  // change is in `peers` and `live`.
   node_config cfg;
   util::clock* clk;
   unsigned threads;
   std::unique_ptr<queue::store> store;
-  std::vector<queue::peer_id> peer_ids; // index: cfg.peers index
+  mutable std::mutex live_mu; // guards peers and live (copy the pointer, then read without the lock)
+  std::shared_ptr<const peer_list> peers = std::make_shared<peer_list>();
+  std::shared_ptr<const node_config> live; // the config in force (after reloads)
+  std::mutex reload_mu;                    // one reload at a time
   net::io_context io;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
   std::vector<std::thread> pool;
   std::unique_ptr<transport::tls_material> listen_tls, ingest_tls, admin_tls;
   std::shared_ptr<transport::http_server> ingest_srv, listen_srv, admin_srv;
-  std::vector<std::shared_ptr<forwarder>> forwarders;
+  std::optional<net::steady_timer> quota_timer;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<std::uint64_t> handshake_failures{0};
-  std::mutex refused_mu;
-  std::map<std::string, std::uint64_t> refused_by_reason;
+  mutable std::mutex refused_mu;
+  // (listener or "peer:<name>", reason) -> TLS handshakes / authorisations refused
+  std::map<std::pair<std::string, std::string>, std::uint64_t> refused_by_reason;
   std::unique_ptr<transport::http_handler> ingest_h, listen_h, admin_h;
 
-  std::vector<queue::peer_id> route(std::string_view stream) const {
+  std::shared_ptr<const peer_list> peers_now() const {
+    std::lock_guard lk(live_mu);
+    return peers;
+  }
+  std::shared_ptr<const node_config> config_now() const {
+    std::lock_guard lk(live_mu);
+    return live;
+  }
+  static std::vector<queue::peer_id> route(const peer_list& ps, std::string_view stream) {
     std::vector<queue::peer_id> out;
-    for (std::size_t i = 0; i < cfg.peers.size(); ++i)
-      if (cfg.peers[i].routes(stream)) out.push_back(peer_ids[i]);
+    for (auto& p : ps)
+      if (!p->removed && p->cfg.routes(stream)) out.push_back(p->id);
     return out;
   }
+  std::vector<queue::peer_id> route(std::string_view stream) const { return route(*peers_now(), stream); }
   void notify_all() {
-    for (auto& f : forwarders)
-      f->notify();
+    for (auto& p : *peers_now())
+      if (p->fwd) p->fwd->notify();
   }
-  void count_refused(std::string_view reason) {
+  // Persists a quota state that changed since it was last saved (async).
+  void save_quota(const peer_runtime& p) {
+    auto& sh = *p.shared;
+    auto v = sh.limiter->quota_version();
+    if (v == sh.quota_saved_version.load()) return;
+    auto q = sh.limiter->export_quota();
+    store->save_quota_state(p.id, q.state.period_start_unix_ms, q.state.used_bytes, nullptr);
+    sh.quota_saved_version = q.version;
+  }
+  void save_quotas() {
+    for (auto& p : *peers_now())
+      save_quota(*p);
+  }
+  void schedule_quota_save() {
+    quota_timer->expires_after(200ms);
+    quota_timer->async_wait([this](sys_ec ec) {
+      if (ec) return;
+      save_quotas();
+      schedule_quota_save();
+    });
+  }
+  boost::system::result<std::shared_ptr<forwarder>, error> make_forwarder(const peer_section& p, queue::peer_id id,
+                                                                          std::shared_ptr<peer_shared> shared);
+  boost::system::result<reload_report, config_errors> reload();
+  void count_refused(std::string_view listener, std::string_view reason) {
     ++handshake_failures;
     std::lock_guard lk(refused_mu);
-    ++refused_by_reason[std::string(reason)];
+    ++refused_by_reason[{std::string(listener), std::string(reason)}];
   }
   json::object status() const;
   std::string metrics() const;
@@ -127,8 +216,48 @@ public:
     }
     cv_.notify_all();
   }
+  void reconfigure(const peer_section& p) override {
+    std::lock_guard lk(mu_);
+    cfg_ = p;
+  }
 
 protected:
+  threaded_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared)
+      : n_(n), id_(id), shared_(std::move(shared)), name_(p.name), cfg_(p) {}
+
+  peer_section config() const {
+    std::lock_guard lk(mu_);
+    return cfg_;
+  }
+  // Waits until the bandwidth budget lets `bytes` go (1: "is anything allowed
+  // at all?"), showing holding_quota / outside_window meanwhile. False when
+  // stopping.
+  bool wait_budget(std::uint64_t bytes) {
+    for (;;) {
+      auto d = shared_->limiter->check(bytes);
+      if (d.allowed) {
+        std::lock_guard lk(mu_);
+        if (state_ == holding_quota || state_ == outside_window) state_ = connected;
+        return true;
+      }
+      {
+        std::lock_guard lk(mu_);
+        if (d.reason == bandwidth::hold_reason::quota) state_ = holding_quota;
+        if (d.reason == bandwidth::hold_reason::outside_window) state_ = outside_window;
+      }
+      // Re-check at least every 50 ms: the limiter is the authority, and a
+      // manual clock in tests moves without waking anyone.
+      auto wait = std::clamp<std::chrono::nanoseconds>(d.retry_at - n_.clk->steady_now(), 1ms, 50ms);
+      std::unique_lock lk(mu_);
+      if (cv_.wait_for(lk, wait, [&] { return stopping_; })) return false;
+    }
+  }
+  void count_wire(std::uint64_t bytes) {
+    shared_->limiter->consume(bytes);
+    shared_->wire_bytes += bytes;
+    shared_->uncompressed_bytes += bytes;
+  }
+
   template <class F>
   void launch(F&& body) {
     thread_ = std::thread(std::forward<F>(body));
@@ -144,9 +273,15 @@ protected:
     poked_ = false;
     return !stopping_;
   }
+  node::impl& n_;
+  queue::peer_id id_;
+  std::shared_ptr<peer_shared> shared_;
+  const std::string name_;
   mutable std::mutex mu_; // guards the members below and what status() reads
+  peer_section cfg_;      // the settings in force (reconfigure() replaces them)
   std::condition_variable cv_;
   bool stopping_ = false, poked_ = false;
+  int state_ = connecting;
 
 private:
   std::thread thread_;
@@ -156,7 +291,8 @@ private:
 // thread because every append is fsynced before the segments are acked.
 class file_forwarder final : public threaded_forwarder {
 public:
-  file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id) : n_(n), cfg_(p), id_(id) {}
+  file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared)
+      : threaded_forwarder(n, p, id, std::move(shared)) {}
   ~file_forwarder() override { stop(); }
 
   void start() override {
@@ -164,12 +300,12 @@ public:
     if (!w) {
       std::lock_guard lk(mu_);
       last_error_ = w.error().message;
-      state_ = 3;
-      spdlog::error("peer {}: {}", cfg_.name, last_error_);
+      state_ = disabled;
+      spdlog::error("peer {}: {}", name_, last_error_);
       return;
     }
     writer_ = std::move(*w);
-    state_ = 1;
+    state_ = connected;
     launch([this] { run(); });
   }
   json::object status() const override {
@@ -186,29 +322,38 @@ private:
   void run() {
     for (;;) {
       if (stopping()) return;
-      auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
+      if (!wait_budget(1)) return;
+      auto b = n_.store->read_batch(id_, 4096, config().batch_max_bytes);
       if (!b || b->segments.empty()) {
         if (!pause(50ms)) return;
         continue;
       }
       std::vector<spool_input> recs;
       std::vector<std::uint64_t> keys;
+      std::uint64_t bytes = 0;
       for (auto& s : b->segments) {
         recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
         keys.push_back(s.key);
+        bytes += s.payload.size() + s.id.size() + s.stream.size();
       }
+      if (!wait_budget(bytes)) {
+        n_.store->release(id_, keys);
+        return;
+      }
+      auto before = writer_->bytes_written();
       auto r = writer_->append(recs);
+      count_wire(writer_->bytes_written() - before);
       if (!r) {
         {
           std::lock_guard lk(mu_);
           last_error_ = r.error().message;
-          state_ = 2;
+          state_ = backing_off;
         }
-        spdlog::error("peer {}: {}", cfg_.name, r.error().message);
+        spdlog::error("peer {}: {}", name_, r.error().message);
         n_.store->nack_wait(id_, keys, r.error().message);
         std::unique_lock lk(mu_);
         cv_.wait_for(lk, 1s, [&] { return stopping_; });
-        state_ = 1;
+        state_ = connected;
         continue;
       }
       if (auto ec = n_.store->ack_wait(id_, keys)) {
@@ -218,11 +363,7 @@ private:
     }
   }
 
-  node::impl& n_;
-  peer_section cfg_;
-  queue::peer_id id_;
   std::unique_ptr<spool_writer> writer_;
-  int state_ = 0;
   std::string last_error_;
 };
 
@@ -235,12 +376,13 @@ private:
 // and connection errors: an attempt failed; retried with backoff.
 class https_forwarder final : public threaded_forwarder {
 public:
-  https_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::unique_ptr<transport::tls_material> tls)
-      : n_(n), cfg_(p), id_(id), tls_(std::move(tls)) {}
+  https_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared,
+                  std::unique_ptr<transport::tls_material> tls)
+      : threaded_forwarder(n, p, id, std::move(shared)), tls_(std::move(tls)) {}
   ~https_forwarder() override { stop(); }
 
   void start() override {
-    state_ = 0;
+    state_ = connecting;
     launch([this] { run(); });
   }
   json::object status() const override {
@@ -257,7 +399,9 @@ private:
     std::mt19937 rng{std::random_device{}()};
     for (;;) {
       if (stopping()) return;
-      auto b = n_.store->read_batch(id_, 4096, cfg_.batch_max_bytes);
+      if (!wait_budget(1)) return;
+      auto cfg = config();
+      auto b = n_.store->read_batch(id_, 4096, cfg.batch_max_bytes);
       if (!b || b->segments.empty()) {
         if (!pause(50ms)) return;
         continue;
@@ -273,11 +417,16 @@ private:
         keys.push_back(sg.key);
       }
       std::string body = json::serialize(json::object{{"segments", std::move(segs)}});
+      if (!wait_budget(body.size())) {
+        n_.store->release(id_, keys);
+        return;
+      }
+      count_wire(body.size());
       auto t0 = std::chrono::steady_clock::now();
       auto ctx = tls_->current();
-      auto r = https_call(*ctx, "POST", cfg_.host, cfg_.port, cfg_.target.empty() ? "/" : cfg_.target,
-                          cfg_.server_name.empty() ? cfg_.host : cfg_.server_name, body, "application/json",
-                          cfg_.dial_timeout + cfg_.ack_timeout);
+      auto r = https_call(*ctx, "POST", cfg.host, cfg.port, cfg.target.empty() ? "/" : cfg.target,
+                          cfg.server_name.empty() ? cfg.host : cfg.server_name, body, "application/json",
+                          cfg.dial_timeout + cfg.ack_timeout);
       {
         std::lock_guard lk(mu_);
         last_bytes_ = body.size();
@@ -287,7 +436,7 @@ private:
         n_.store->ack_wait(id_, keys);
         failures = 0;
         std::lock_guard lk(mu_);
-        state_ = 1;
+        state_ = connected;
         continue;
       }
       std::string why = r ? "HTTP " + std::to_string(r->status) + ": " + r->body.substr(0, 200) : r.error().message;
@@ -300,11 +449,11 @@ private:
         last_error_ = why;
         continue;
       }
-      spdlog::warn("peer {}: {}", cfg_.name, why);
+      spdlog::warn("peer {}: {}", cfg.name, why);
       n_.store->nack_wait(id_, keys, why);
       {
         std::lock_guard lk(mu_);
-        state_ = 2;
+        state_ = backing_off;
         last_error_ = why;
       }
       double d = std::min(30000.0, 200.0 * std::pow(2.0, std::min(++failures, 8u) - 1.0));
@@ -314,11 +463,7 @@ private:
     }
   }
 
-  node::impl& n_;
-  peer_section cfg_;
-  queue::peer_id id_;
   std::unique_ptr<transport::tls_material> tls_;
-  int state_ = 0;
   std::string last_error_;
   std::uint64_t last_bytes_ = 0;
   std::int64_t last_ms_ = 0;
@@ -334,9 +479,10 @@ private:
 // after max_retry attempts instead of queueing forever.
 class relay_forwarder final : public forwarder, public std::enable_shared_from_this<relay_forwarder> {
 public:
-  relay_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::unique_ptr<transport::tls_material> tls)
-      : n_(n), cfg_(p), id_(id), tls_(std::move(tls)), strand_(net::make_strand(n.io)), timer_(strand_),
-        tick_(strand_) {}
+  relay_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared,
+                  std::unique_ptr<transport::tls_material> tls)
+      : n_(n), cfg_(p), id_(id), shared_(std::move(shared)), tls_(std::move(tls)), strand_(net::make_strand(n.io)),
+        timer_(strand_), tick_(strand_), hold_timer_(strand_) {}
 
   void start() override {
     net::post(strand_, [self = shared_from_this()] {
@@ -350,6 +496,7 @@ public:
       self->stopping_ = true;
       self->timer_.cancel();
       self->tick_.cancel();
+      self->hold_timer_.cancel();
       if (self->ch_) self->ch_->close("node stopping");
       self->release_inflight();
       done.set_value();
@@ -359,6 +506,12 @@ public:
   void notify() override {
     net::post(strand_, [self = shared_from_this()] { self->pump(); });
   }
+  void reconfigure(const peer_section& p) override {
+    net::post(strand_, [self = shared_from_this(), p] {
+      self->cfg_ = p;
+      self->pump();
+    });
+  }
   json::object status() const override {
     std::lock_guard lk(mu_);
     json::object o;
@@ -366,6 +519,7 @@ public:
     o["last_error"] = last_error_;
     o["last_conn_bytes"] = last_conn_bytes_;
     o["last_conn_ms"] = last_conn_ms_;
+    o["connections"] = connections_;
     return o;
   }
 
@@ -383,7 +537,7 @@ private:
 
   void dial() {
     if (stopping_) return;
-    set_state(0);
+    set_state(connecting);
     transport::ws_target t{cfg_.host, cfg_.port, cfg_.target.empty() ? "/v1/relay" : cfg_.target, cfg_.server_name};
     transport::ws_options wo;
     wo.idle_timeout = std::max<std::chrono::milliseconds>(cfg_.ack_timeout, 5s);
@@ -401,6 +555,7 @@ private:
     }
     if (!r) {
       spdlog::warn("peer {}: {}", cfg_.name, r.error().message);
+      if (r.error().reason.rfind("tls:", 0) == 0) n_.count_refused("peer:" + cfg_.name, r.error().reason.substr(4));
       fail_attempt(r.error().message);
       return backoff(r.error().message);
     }
@@ -441,7 +596,7 @@ private:
   }
 
   void backoff(const std::string& why) {
-    set_state(2, why);
+    set_state(backing_off, why);
     ++failures_;
     double d = 200.0 * std::pow(2.0, std::min(failures_, 8u) - 1.0);
     d = std::min(d, 30000.0);
@@ -460,8 +615,14 @@ private:
       auto t = transport::accept_hello_ack(hello_, *ha);
       if (!t) return ch_->close("handshake: " + t.error().message);
       terms_ = *t;
+      handshake_done_ = true;
+      {
+        std::lock_guard lk(mu_);
+        ++connections_;
+      }
+      next_batch_ = 1;
       failures_ = 0;
-      set_state(1);
+      set_state(connected);
       return pump();
     }
     if (auto* a = std::get_if<transport::ack>(&*d)) return on_ack(*a);
@@ -499,48 +660,88 @@ private:
     pump();
   }
 
+  // Sends batches while the window, the channel's queue and the bandwidth
+  // budget allow. A batch the rate limit holds stays encoded (and leased) in
+  // pending_ until its tokens are there; under a quota or window hold nothing
+  // is read at all.
   void pump() {
-    if (stopping_ || !ch_ || state_ != 1) return;
+    if (stopping_ || !ch_ || !handshake_done_) return;
     std::uint32_t window = std::min<std::uint32_t>(cfg_.window, terms_.window ? terms_.window : cfg_.window);
     std::uint64_t max_bytes =
         terms_.max_batch_bytes ? std::min(cfg_.batch_max_bytes, terms_.max_batch_bytes) : cfg_.batch_max_bytes;
+    auto& lim = *shared_->limiter;
     while (inflight_.size() < window && ch_->queued() < 4) {
-      auto b = n_.store->read_batch(id_, 4096, max_bytes);
-      if (!b) {
-        set_state(1, "store read failed: " + b.error().message());
-        return;
-      }
-      if (b->segments.empty()) return;
-      std::vector<transport::segment_record> recs;
-      std::vector<std::uint64_t> keys;
-      for (auto& s : b->segments) {
-        recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
-        keys.push_back(s.key);
-      }
-      std::string out;
-      transport::batch_encoding enc;
-      enc.algorithm = terms_.algorithm;
-      auto num = next_batch_++;
-      auto r = transport::encode_batch(num, recs, out, enc);
-      if (!r) {
-        // A record that cannot travel (the codec names it) would fail every
-        // attempt: dead-letter it with the reason and send the rest later.
-        if (r.error().item >= keys.size()) {
-          n_.store->release(id_, keys);
-          return ch_->close("encode: " + r.error().message);
+      if (!pending_) {
+        if (auto d = lim.check(1); !d.allowed && d.reason != bandwidth::hold_reason::rate) return hold(d);
+        auto b = n_.store->read_batch(id_, 4096, max_bytes);
+        if (!b) {
+          set_state(connected, "store read failed: " + b.error().message());
+          return;
         }
-        auto bad = r.error().item;
-        n_.store->reject(id_, {{keys[bad], "rejected:encode", r.error().message}}, nullptr);
-        keys.erase(keys.begin() + static_cast<std::ptrdiff_t>(bad));
-        n_.store->release(id_, keys);
-        continue;
+        if (b->segments.empty()) return;
+        if (!encode(*b)) continue;
       }
-      if (!ch_->send(std::move(out))) {
-        n_.store->release(id_, keys);
-        return;
-      }
-      inflight_[num] = {std::move(keys), std::chrono::steady_clock::now()};
+      if (auto d = lim.check(pending_->wire_bytes); !d.allowed) return hold(d);
+      set_state(connected);
+      auto wire = pending_->wire_bytes;
+      if (!ch_->send(std::move(pending_->message))) return; // closing: on_closed releases pending_
+      lim.consume(wire);
+      shared_->wire_bytes += wire;
+      shared_->uncompressed_bytes += pending_->uncompressed_bytes;
+      inflight_[pending_->number] = {std::move(pending_->keys), std::chrono::steady_clock::now()};
+      pending_.reset();
     }
+  }
+
+  // Encodes a batch into pending_; false when it had to drop a record that
+  // cannot travel (the rest is released and read again).
+  bool encode(queue::batch& b) {
+    std::vector<transport::segment_record> recs;
+    std::vector<std::uint64_t> keys;
+    std::uint64_t raw = transport::batch_header_bytes;
+    for (auto& sg : b.segments) {
+      recs.push_back({sg.id, sg.stream, sg.created_ms, sg.checksum, sg.payload});
+      keys.push_back(sg.key);
+      raw += transport::encoded_size(recs.back());
+    }
+    std::string out;
+    transport::batch_encoding enc;
+    enc.algorithm = terms_.algorithm;
+    auto num = next_batch_;
+    auto r = transport::encode_batch(num, recs, out, enc);
+    if (!r) {
+      // A record that cannot travel (the codec names it) would fail every
+      // attempt: dead-letter it with the reason and send the rest later.
+      if (r.error().item >= keys.size()) {
+        n_.store->release(id_, keys);
+        ch_->close("encode: " + r.error().message);
+        return false;
+      }
+      auto bad = r.error().item;
+      n_.store->reject(id_, {{keys[bad], "rejected:encode", r.error().message}}, nullptr);
+      keys.erase(keys.begin() + static_cast<std::ptrdiff_t>(bad));
+      n_.store->release(id_, keys);
+      return false;
+    }
+    ++next_batch_;
+    std::uint64_t wire = transport::ws_wire_bytes(out.size(), true);
+    pending_ = pending_batch{num, std::move(out), std::move(keys), wire, transport::ws_wire_bytes(raw, true)};
+    return true;
+  }
+
+  // The budget holds: show why, and look again when it may have changed (at
+  // the latest on the next tick, so a stepped or manual clock is noticed).
+  void hold(const bandwidth::decision& d) {
+    if (d.reason == bandwidth::hold_reason::quota)
+      set_state(holding_quota);
+    else if (d.reason == bandwidth::hold_reason::outside_window)
+      set_state(outside_window);
+    if (d.reason != bandwidth::hold_reason::rate) return; // the 50 ms tick re-checks
+    auto wait = std::clamp<std::chrono::nanoseconds>(d.retry_at - n_.clk->steady_now(), 1ms, 1s);
+    hold_timer_.expires_after(wait);
+    hold_timer_.async_wait([self = shared_from_this()](sys_ec ec) {
+      if (!ec) self->pump();
+    });
   }
 
   void schedule_tick() {
@@ -565,7 +766,12 @@ private:
       last_conn_bytes_ = ch_->bytes_sent();
     }
     ch_.reset();
+    handshake_done_ = false;
     ++generation_;
+    if (pending_) {
+      n_.store->release(id_, pending_->keys);
+      pending_.reset();
+    }
     // Everything unacknowledged failed this attempt; it is retried.
     for (auto& [num, f] : inflight_)
       n_.store->nack(id_, std::move(f.keys), "connection lost: " + why, nullptr);
@@ -579,14 +785,29 @@ private:
     for (auto& [num, f] : inflight_)
       n_.store->release(id_, f.keys);
     inflight_.clear();
+    if (pending_) {
+      n_.store->release(id_, pending_->keys);
+      pending_.reset();
+    }
   }
 
+  struct pending_batch {
+    std::uint64_t number;
+    std::string message;
+    std::vector<std::uint64_t> keys;
+    std::uint64_t wire_bytes;         // message + WebSocket frame
+    std::uint64_t uncompressed_bytes; // what it would have been without compression
+  };
+
   node::impl& n_;
-  peer_section cfg_;
+  peer_section cfg_; // strand only; reconfigure() replaces it
   queue::peer_id id_;
+  std::shared_ptr<peer_shared> shared_;
   std::unique_ptr<transport::tls_material> tls_;
   net::strand<net::io_context::executor_type> strand_;
-  net::steady_timer timer_, tick_;
+  net::steady_timer timer_, tick_, hold_timer_;
+  std::optional<pending_batch> pending_;
+  bool handshake_done_ = false;
   std::shared_ptr<transport::ws_channel> ch_;
   std::uint64_t generation_ = 0;
   transport::hello hello_;
@@ -602,6 +823,7 @@ private:
   std::string last_error_;
   std::uint64_t last_conn_bytes_ = 0;
   std::int64_t last_conn_ms_ = 0;
+  std::uint64_t connections_ = 0; // relay protocol sessions established since start
 };
 
 // ------------------------------------------------------------ receiver
@@ -609,10 +831,18 @@ private:
 // The receiving side of the relay protocol on one connection: HELLO →
 // HELLO_ACK, then each BATCH is verified, committed durably (dropping ids
 // seen within the dedupe window) and answered with an ACK per segment.
+//
+// Two roles. On the relay listener the sender is another node: records carry
+// their origin id and created time, which are kept. On the ingest listener
+// the sender is a producer: this node is the origin, so a record must come
+// without an id (rejected "id_not_allowed" otherwise), gets its id and
+// created time here, and may not use the reserved stream "_canary".
+enum class receiver_role { relay, ingest };
+
 class relay_receiver : public std::enable_shared_from_this<relay_receiver> {
 public:
-  relay_receiver(node::impl& n, std::shared_ptr<transport::ws_channel> ch, std::string who)
-      : n_(n), ch_(std::move(ch)), who_(std::move(who)) {}
+  relay_receiver(node::impl& n, std::shared_ptr<transport::ws_channel> ch, std::string who, receiver_role role)
+      : n_(n), ch_(std::move(ch)), who_(std::move(who)), role_(role) {}
 
   void start() {
     auto self = shared_from_this();
@@ -679,21 +909,32 @@ private:
     p->slot.assign(recs.size(), -1);
     p->reasons.resize(recs.size());
     std::vector<queue::segment_in> segs;
+    auto routing = n_.peers_now();
     for (std::size_t i = 0; i < recs.size(); ++i) {
       auto& r = recs[i];
+      bool producer = role_ == receiver_role::ingest;
       if (!transport::verify(r))
         p->reasons[i] = "checksum";
       else if (!queue::valid_stream_name(r.stream))
         p->reasons[i] = "bad_stream";
+      else if (producer && r.stream == canary_stream)
+        p->reasons[i] = "reserved_stream";
+      else if (producer && !r.id.empty())
+        p->reasons[i] = "id_not_allowed";
+      else if (!producer && !valid_segment_id(r.id))
+        p->reasons[i] = "bad_id";
       else if (r.payload.empty())
         p->reasons[i] = "empty";
       else if (r.payload.size() > n_.cfg.queue.max_segment_bytes)
         p->reasons[i] = "too_large";
-      else if ((p->routes[i] = n_.route(r.stream)).empty())
+      else if ((p->routes[i] = node::impl::route(*routing, r.stream)).empty())
         p->reasons[i] = "no_route";
       if (!p->reasons[i].empty()) continue;
       p->slot[i] = static_cast<int>(segs.size());
-      segs.push_back({r.stream, r.payload, p->routes[i], r.id, r.created_ms, r.checksum});
+      if (producer)
+        segs.push_back({r.stream, r.payload, p->routes[i], {}, 0, r.checksum});
+      else
+        segs.push_back({r.stream, r.payload, p->routes[i], r.id, r.created_ms, r.checksum});
     }
     auto self = shared_from_this();
     auto finish = [self, p](const queue::enqueue_result* res) {
@@ -735,12 +976,24 @@ private:
   node::impl& n_;
   std::shared_ptr<transport::ws_channel> ch_;
   std::string who_;
+  receiver_role role_;
   bool hello_done_ = false;
 };
 
 // ------------------------------------------------------------ HTTP handlers
 
 std::string json_str(const json::value& v) { return json::serialize(v); }
+
+json::object to_json(const reload_report& r) {
+  auto arr = [](const std::vector<std::string>& v) {
+    json::array a;
+    for (auto& x : v)
+      a.push_back(json::value(x));
+    return a;
+  };
+  return json::object{
+      {"applied", arr(r.applied)}, {"restart_required", arr(r.restart_required)}, {"failed", arr(r.failed)}};
+}
 
 class ingest_handler final : public transport::http_handler {
 public:
@@ -757,7 +1010,7 @@ public:
     if (slash == std::string_view::npos) return r.send_error(404, "not_found", "no such endpoint: " + std::string(t));
     std::string stream(rest.substr(0, slash));
     auto what = rest.substr(slash + 1);
-    if (!queue::valid_stream_name(stream) || stream == "_canary")
+    if (!queue::valid_stream_name(stream) || stream == canary_stream)
       return r.send_error(400, "bad_stream", "stream \"" + stream + "\" must match [a-z0-9._-]{1,64}");
     auto peers = n_.route(stream);
     if (peers.empty()) return r.send_error(404, "no_route", "no peer routes stream \"" + stream + "\"");
@@ -811,6 +1064,21 @@ public:
       n_.notify_all();
     });
   }
+  // Fast producers: the relay protocol on the ingest listener (see
+  // docs/protocol.md, "Producers").
+  bool accept_websocket(const transport::http_request& req, const transport::connection_info&) override {
+    return req.target() == transport::relay_path;
+  }
+  void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
+    std::make_shared<relay_receiver>(n_, std::move(ch),
+                                     who.identity.empty() ? who.remote.address().to_string() : who.identity,
+                                     receiver_role::ingest)
+        ->start();
+  }
+  void on_refused(const net::ip::tcp::endpoint& remote, std::string_view reason, std::string_view detail) override {
+    n_.count_refused("ingest", reason);
+    spdlog::warn("ingest listener refused {}: {} ({})", remote.address().to_string(), reason, detail);
+  }
 
 private:
   node::impl& n_;
@@ -827,12 +1095,12 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
-    std::make_shared<relay_receiver>(n_, std::move(ch),
-                                     who.identity.empty() ? who.remote.address().to_string() : who.identity)
+    std::make_shared<relay_receiver>(
+        n_, std::move(ch), who.identity.empty() ? who.remote.address().to_string() : who.identity, receiver_role::relay)
         ->start();
   }
   void on_refused(const net::ip::tcp::endpoint& remote, std::string_view reason, std::string_view detail) override {
-    n_.count_refused(reason);
+    n_.count_refused("listen", reason);
     spdlog::warn("relay listener refused {}: {} ({})", remote.address().to_string(), reason, detail);
   }
 
@@ -859,6 +1127,7 @@ public:
       return r.send(std::move(res));
     }
     if (get && path == "/v1/deadletter") return list(query, std::move(r));
+    if (post && path == "/v1/reload") return reload(std::move(r));
     if (post && (path == "/v1/deadletter/retry" || path == "/v1/deadletter/purge"))
       return dl_op(path.ends_with("retry"), req.body(), std::move(r));
     r.send_error(404, "not_found", "no such endpoint: " + std::string(req.method_string()) + " " + std::string(path));
@@ -907,6 +1176,21 @@ private:
     r.send_json(200, json_str(o));
   }
 
+  // Re-reads the config file (like SIGHUP). Runs on an io thread: a reload
+  // reads a small file and builds TLS contexts, never touches the store's map.
+  void reload(transport::responder r) {
+    auto rep = n_.reload();
+    if (!rep) {
+      json::array errs;
+      for (auto& e : rep.error())
+        errs.push_back(json::value(e.to_string()));
+      return r.send_json(400, json_str(json::object{{"error", "invalid_config"},
+                                                    {"message", "the new config is invalid; nothing was changed"},
+                                                    {"errors", std::move(errs)}}));
+    }
+    r.send_json(200, json_str(to_json(*rep)));
+  }
+
   void dl_op(bool retry, const std::string& body, transport::responder r) {
     boost::system::error_code ec;
     auto v = json::parse(body.empty() ? std::string("{}") : body, ec);
@@ -946,40 +1230,67 @@ private:
 
 // ------------------------------------------------------------ status & metrics
 
+namespace {
+
+json::object bandwidth_status(const bandwidth::status& b) {
+  json::object o{
+      {"mode", b.mode},
+      {"rate_bytes_per_s", b.rate_bytes_per_s ? json::value(*b.rate_bytes_per_s) : json::value(nullptr)},
+      {"burst_bytes", b.burst_bytes},
+      {"quota_bytes", b.quota_bytes ? json::value(*b.quota_bytes) : json::value(nullptr)},
+      {"quota_used_bytes", b.quota_used_bytes},
+      {"quota_remaining_bytes", b.quota_remaining_bytes ? json::value(*b.quota_remaining_bytes) : json::value(nullptr)},
+      {"quota_resets_at", util::format_utc(b.quota_resets_at)},
+      {"hold", bandwidth::to_string(b.hold)},
+      {"in_window", b.in_window}};
+  if (b.hold_until) o["hold_until"] = util::format_utc(*b.hold_until);
+  if (b.window_opens_at) o["window_opens_at"] = util::format_utc(*b.window_opens_at);
+  if (b.window_closes_at) o["window_closes_at"] = util::format_utc(*b.window_closes_at);
+  return o;
+}
+
+} // namespace
+
 json::object node::impl::status() const {
   auto st = store->stats();
+  auto ps = peers_now();
+  auto conf = config_now();
   json::object o;
   auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count();
   o["node"] = json::object{
       {"id", cfg.node.id}, {"version", version_string()}, {"uptime_s", up}, {"sync", queue::to_string(cfg.node.sync)}};
   std::uint64_t routed = 0, delivered = 0, queued = 0, inflight = 0, dl = 0, ev = 0, pu = 0, qseg = 0;
-  json::array peers;
-  for (std::size_t i = 0; i < cfg.peers.size(); ++i) {
-    auto& pc = cfg.peers[i];
-    const queue::peer_stats* ps = nullptr;
-    for (auto& p : st.peers)
-      if (p.id == peer_ids[i]) ps = &p;
-    if (!ps) continue;
-    auto& c = ps->counters;
-    json::object p = i < forwarders.size() ? forwarders[i]->status() : json::object{};
-    p["name"] = pc.name;
-    p["url"] = pc.url;
+  json::array peers_json;
+  for (auto& pr : *ps) {
+    const queue::peer_stats* sp = nullptr;
+    for (auto& x : st.peers)
+      if (x.id == pr->id) sp = &x;
+    if (!sp) continue;
+    auto& c = sp->counters;
+    json::object p = pr->fwd && !pr->removed ? pr->fwd->status() : json::object{{"state", "disabled"}};
+    if (pr->removed) p["last_error"] = "removed from the config by a reload; its queue is kept";
+    p["name"] = pr->cfg.name;
+    p["url"] = pr->cfg.url;
     p["queued"] = c.queued;
     p["queued_bytes"] = c.queued_bytes;
-    p["inflight"] = ps->inflight;
+    p["inflight"] = sp->inflight;
     p["routed"] = c.routed;
     p["delivered"] = c.delivered;
     p["deadletter"] = c.deadletter;
     p["evicted"] = c.evicted;
     p["purged"] = c.purged;
     p["attempts"] = c.attempts;
-    p["bandwidth"] = json::object{{"mode", "unlimited"}};
-    peers.push_back(std::move(p));
+    p["bytes_sent"] = pr->shared->wire_bytes.load();
+    p["compression"] = json::object{{"algorithm", to_string(pr->cfg.compression)},
+                                    {"bytes_before", pr->shared->uncompressed_bytes.load()},
+                                    {"bytes_after", pr->shared->wire_bytes.load()}};
+    p["bandwidth"] = bandwidth_status(pr->shared->limiter->snapshot());
+    peers_json.push_back(std::move(p));
     routed += c.routed;
     delivered += c.delivered;
     queued += c.queued;
     qseg += c.queued;
-    inflight += ps->inflight;
+    inflight += sp->inflight;
     dl += c.deadletter;
     ev += c.evicted;
     pu += c.purged;
@@ -1000,24 +1311,25 @@ json::object node::impl::status() const {
                             {"bytes", st.queued_bytes},
                             {"capacity_bytes", st.capacity_bytes},
                             {"overflow", queue::to_string(cfg.queue.overflow)}};
-  o["peers"] = std::move(peers);
+  o["peers"] = std::move(peers_json);
   o["deadletter"] = json::object{{"segments", st.deadletter_segments}, {"bytes", st.deadletter_bytes}};
   json::array tls;
-  auto add_tls = [&](const char* name, const std::filesystem::path& cert) {
+  auto add_tls = [&](const std::string& name, const std::filesystem::path& cert) {
     if (cert.empty()) return;
     if (auto ci = transport::read_cert_info(cert))
       tls.push_back(json::object{{"name", name}, {"not_after", ci->not_after_unix}, {"rotations", 0}});
   };
-  if (cfg.listen) add_tls("listen", cfg.listen->tls.files.cert);
-  if (cfg.ingest && cfg.ingest->tls) add_tls("ingest", cfg.ingest->tls->files.cert);
-  for (auto& p : cfg.peers)
-    if (p.kind == peer_kind::relay) add_tls(p.name.c_str(), p.tls.cert);
+  if (conf->listen) add_tls("listen", conf->listen->tls.files.cert);
+  if (conf->ingest && conf->ingest->tls) add_tls("ingest", conf->ingest->tls->files.cert);
+  for (auto& p : conf->peers)
+    if (p.kind != peer_kind::file) add_tls(p.name, p.tls.cert);
   o["tls"] = std::move(tls);
   return o;
 }
 
 std::string node::impl::metrics() const {
   auto st = store->stats();
+  auto ps = peers_now();
   std::string out;
   auto line = [&](const std::string& s) { out += s + "\n"; };
   line("# HELP edgerelay_segments_accepted_total Segments newly stored by this node.");
@@ -1038,18 +1350,218 @@ std::string node::impl::metrics() const {
            [](const queue::peer_counters& c) { return c.queued; });
   per_peer("edgerelay_queue_bytes", "gauge", "Bytes queued for a peer.",
            [](const queue::peer_counters& c) { return c.queued_bytes; });
+  line("# HELP edgerelay_bytes_sent_total Bytes sent to a peer on the wire (after compression, framing included).");
+  line("# TYPE edgerelay_bytes_sent_total counter");
+  for (auto& p : *ps)
+    line("edgerelay_bytes_sent_total{peer=\"" + p->cfg.name + "\"} " + std::to_string(p->shared->wire_bytes.load()));
+  line("# HELP edgerelay_bandwidth_quota_remaining_bytes Bytes left of a peer's daily quota (peers with a quota).");
+  line("# TYPE edgerelay_bandwidth_quota_remaining_bytes gauge");
+  for (auto& p : *ps)
+    if (auto b = p->shared->limiter->snapshot(); b.quota_remaining_bytes)
+      line("edgerelay_bandwidth_quota_remaining_bytes{peer=\"" + p->cfg.name + "\"} " +
+           std::to_string(*b.quota_remaining_bytes));
   line("# HELP edgerelay_deadletter_segments Segments in the dead-letter store.");
   line("# TYPE edgerelay_deadletter_segments gauge");
   line("edgerelay_deadletter_segments " + std::to_string(st.deadletter_segments));
-  line("# HELP edgerelay_tls_handshake_failures_total Connections refused by the relay listener.");
+  line("# HELP edgerelay_tls_handshake_failures_total TLS connections refused, by listener (or peer:<name> for "
+       "servers this node refused as a client) and reason.");
   line("# TYPE edgerelay_tls_handshake_failures_total counter");
   {
-    std::lock_guard lk(const_cast<std::mutex&>(refused_mu));
-    for (auto& [reason, n] : refused_by_reason)
-      line("edgerelay_tls_handshake_failures_total{listener=\"listen\",reason=\"" + reason + "\"} " +
+    std::lock_guard lk(refused_mu);
+    for (auto& [key, n] : refused_by_reason)
+      line("edgerelay_tls_handshake_failures_total{listener=\"" + key.first + "\",reason=\"" + key.second + "\"} " +
            std::to_string(n));
   }
   return out;
+}
+
+boost::system::result<std::shared_ptr<forwarder>, error>
+node::impl::make_forwarder(const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared) {
+  if (p.kind == peer_kind::file)
+    return std::shared_ptr<forwarder>(std::make_shared<file_forwarder>(*this, p, id, shared));
+  auto t = transport::tls_material::create(transport::tls_role::client, to_transport(p.tls),
+                                           p.server_name.empty() ? p.host : p.server_name);
+  if (!t) return error{t.error().code, "peer " + p.name + ": " + t.error().message};
+  if (p.kind == peer_kind::http)
+    return std::shared_ptr<forwarder>(std::make_shared<https_forwarder>(*this, p, id, shared, std::move(*t)));
+  return std::shared_ptr<forwarder>(std::make_shared<relay_forwarder>(*this, p, id, shared, std::move(*t)));
+}
+
+namespace {
+
+// Settings of a peer that only a new forwarder (a new connection) can apply.
+bool needs_new_forwarder(const peer_section& a, const peer_section& b) {
+  return a.url != b.url || a.kind != b.kind || a.host != b.host || a.port != b.port || a.target != b.target ||
+         a.server_name != b.server_name || a.tls != b.tls || a.spool_dir != b.spool_dir ||
+         a.compression != b.compression;
+}
+
+} // namespace
+
+boost::system::result<reload_report, config_errors> node::impl::reload() {
+  std::lock_guard rl(reload_mu);
+  auto next = load_config(cfg.source);
+  if (!next) {
+    spdlog::error("reload of {} refused, nothing changed:\n{}", cfg.source, to_string(next.error()));
+    return next.error();
+  }
+  auto cur = config_now();
+  reload_report rep;
+  auto restart = [&](bool changed, const char* key) {
+    if (changed) rep.restart_required.push_back(key);
+  };
+  restart(next->node.id != cur->node.id, "node.id");
+  restart(next->node.data_dir != cur->node.data_dir, "node.data_dir");
+  restart(next->node.sync != cur->node.sync, "node.sync");
+  {
+    auto a = next->queue, b = cur->queue;
+    bool retry_changed = a.max_retry != b.max_retry || a.retry_backoff != b.retry_backoff;
+    a.max_retry = b.max_retry;
+    a.retry_backoff = b.retry_backoff;
+    restart(!(a == b), "queue (other than max_retry and retry_backoff)");
+    if (retry_changed) {
+      store->set_retry_policy(next->queue.max_retry, next->queue.retry_backoff);
+      rep.applied.push_back("queue.max_retry, queue.retry_backoff");
+    }
+  }
+  restart(next->admin != cur->admin, "admin");
+  restart(next->evidence != cur->evidence, "evidence");
+  restart(next->ingest.has_value() != cur->ingest.has_value() ||
+              (next->ingest && next->ingest->listen != cur->ingest->listen),
+          "ingest.listen");
+  restart(next->listen.has_value() != cur->listen.has_value() ||
+              (next->listen && next->listen->address != cur->listen->address),
+          "listen.address");
+  // TLS material and allow lists of the listeners: new handshakes use them,
+  // live connections continue. A broken file keeps the old material.
+  auto reload_tls = [&](const char* name, transport::tls_material* m, const std::optional<server_tls>& was,
+                        const std::optional<server_tls>& now) {
+    if (!m || !now || (was && *was == *now)) return;
+    if (auto r = m->reload(to_transport(now->files, now->allow)); !r)
+      rep.failed.push_back(std::string(name) + ": " + r.error().message + " (the old material stays in use)");
+    else
+      rep.applied.push_back(std::string(name) + ": TLS material and allow list");
+  };
+  auto opt_tls = [](const auto& sec, auto member) -> std::optional<server_tls> {
+    if (!sec) return std::nullopt;
+    return std::optional<server_tls>((*sec).*member);
+  };
+  if (next->listen && cur->listen)
+    reload_tls("listen", listen_tls.get(), opt_tls(cur->listen, &listen_section::tls),
+               opt_tls(next->listen, &listen_section::tls));
+  if (next->ingest && cur->ingest) {
+    if (next->ingest->tls.has_value() != cur->ingest->tls.has_value())
+      rep.restart_required.push_back("ingest.tls (turning TLS on or off)");
+    else
+      reload_tls("ingest", ingest_tls.get(), cur->ingest->tls, next->ingest->tls);
+  }
+
+  // Peers, by name.
+  auto old_peers = peers_now();
+  auto fresh = std::make_shared<peer_list>();
+  std::vector<std::shared_ptr<forwarder>> to_start, to_stop;
+  for (auto& np : next->peers) {
+    std::shared_ptr<const peer_runtime> was;
+    for (auto& op : *old_peers)
+      if (op->cfg.name == np.name) was = op;
+    auto pr = std::make_shared<peer_runtime>();
+    pr->cfg = np;
+    if (was && !was->removed) {
+      pr->id = was->id;
+      pr->shared = was->shared;
+      pr->fwd = was->fwd;
+      if (needs_new_forwarder(was->cfg, np)) {
+        auto f = make_forwarder(np, pr->id, pr->shared);
+        if (!f) {
+          rep.failed.push_back(f.error().message + " (the peer keeps its old settings)");
+          fresh->push_back(was);
+          continue;
+        }
+        to_stop.push_back(was->fwd);
+        pr->fwd = *f;
+        to_start.push_back(pr->fwd);
+        rep.applied.push_back("peer " + np.name + ": reconnecting with new connection settings");
+      } else if (!(was->cfg == np)) {
+        if (!(was->cfg.bandwidth == np.bandwidth)) {
+          if (auto r = pr->shared->limiter->set_policy(to_policy(np.bandwidth)); !r)
+            rep.failed.push_back("peer " + np.name + ": bandwidth: " + r.error().message);
+          else
+            rep.applied.push_back("peer " + np.name + ": bandwidth (" + pr->shared->limiter->snapshot().mode + ")");
+        }
+        pr->fwd->reconfigure(np);
+        rep.applied.push_back("peer " + np.name + ": settings applied to the live connection");
+      }
+    } else {
+      auto id = store->add_peer(np.name);
+      if (!id) {
+        rep.failed.push_back("peer " + np.name + ": cannot register: " + id.error().message());
+        continue;
+      }
+      pr->id = *id;
+      pr->shared = was ? was->shared : std::make_shared<peer_shared>();
+      if (!pr->shared->limiter) {
+        auto l = bandwidth::limiter::create(to_policy(np.bandwidth), *clk);
+        if (!l) {
+          rep.failed.push_back("peer " + np.name + ": bandwidth: " + l.error().message);
+          continue;
+        }
+        pr->shared->limiter = std::move(*l);
+      } else {
+        (void)pr->shared->limiter->set_policy(to_policy(np.bandwidth));
+      }
+      auto f = make_forwarder(np, pr->id, pr->shared);
+      if (!f) {
+        rep.failed.push_back(f.error().message);
+        continue;
+      }
+      pr->fwd = *f;
+      to_start.push_back(pr->fwd);
+      rep.applied.push_back("peer " + np.name + (was ? ": re-added" : ": added"));
+    }
+    fresh->push_back(std::move(pr));
+  }
+  for (auto& op : *old_peers) {
+    bool kept = false;
+    for (auto& np : *fresh)
+      kept = kept || np->cfg.name == op->cfg.name;
+    if (kept) continue;
+    if (!op->removed) {
+      to_stop.push_back(op->fwd);
+      rep.applied.push_back("peer " + op->cfg.name + ": removed (not routed any more; its queue is kept)");
+    }
+    auto gone = std::make_shared<peer_runtime>(*op);
+    gone->removed = true;
+    fresh->push_back(std::move(gone));
+  }
+  auto published = std::make_shared<node_config>(*next);
+  // What needs a restart keeps its old value in the config in force.
+  published->node = cur->node;
+  published->queue = cur->queue;
+  published->queue.max_retry = next->queue.max_retry;
+  published->queue.retry_backoff = next->queue.retry_backoff;
+  published->admin = cur->admin;
+  published->evidence = cur->evidence;
+  if (published->ingest && cur->ingest) published->ingest->listen = cur->ingest->listen;
+  if (published->listen && cur->listen) published->listen->address = cur->listen->address;
+  {
+    std::lock_guard lk(live_mu);
+    peers = fresh;
+    live = published;
+  }
+  for (auto& f : to_stop)
+    if (f) f->stop();
+  for (auto& f : to_start)
+    f->start();
+  notify_all();
+  for (auto& a : rep.applied)
+    spdlog::info("reload: applied: {}", a);
+  for (auto& r : rep.restart_required)
+    spdlog::warn("reload: {} changed in the file; a restart is required (left as it was)", r);
+  for (auto& f : rep.failed)
+    spdlog::error("reload: not applied: {}", f);
+  if (rep.applied.empty() && rep.restart_required.empty() && rep.failed.empty())
+    spdlog::info("reload: nothing changed");
+  return rep;
 }
 
 // ------------------------------------------------------------ node
@@ -1061,6 +1573,7 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
                                                                  unsigned threads) {
   auto m = std::make_unique<impl>();
   m->cfg = std::move(cfg);
+  m->live = std::make_shared<node_config>(m->cfg);
   m->clk = clock ? clock : &util::system_clock_source::instance();
   m->threads = threads ? threads : std::max(2u, std::thread::hardware_concurrency());
   auto so = m->cfg.store_options();
@@ -1068,11 +1581,28 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
   auto st = queue::store::open(so);
   if (!st) return st.error();
   m->store = std::move(*st);
+  auto ps = std::make_shared<peer_list>();
   for (auto& p : m->cfg.peers) {
     auto id = m->store->add_peer(p.name);
     if (!id) return error{id.error(), "cannot register peer " + p.name + ": " + id.error().message()};
-    m->peer_ids.push_back(*id);
+    auto pr = std::make_shared<peer_runtime>();
+    pr->cfg = p;
+    pr->id = *id;
+    pr->shared = std::make_shared<peer_shared>();
+    // The quota used so far in this period survives restarts (a reset passed
+    // meanwhile starts a fresh period).
+    auto saved = m->store->load_quota_state(*id);
+    if (!saved)
+      return error{saved.error(), "peer " + p.name + ": cannot read its quota state: " + saved.error().message()};
+    std::optional<bandwidth::quota_state> persisted;
+    if (*saved) persisted = bandwidth::quota_state{(*saved)->period_start_unix_ms, (*saved)->used_bytes};
+    auto l = bandwidth::limiter::create(to_policy(p.bandwidth), *m->clk, persisted);
+    if (!l)
+      return error{make_error_code(errc::invalid_argument), "peer " + p.name + ": bandwidth: " + l.error().message};
+    pr->shared->limiter = std::move(*l);
+    ps->push_back(std::move(pr));
   }
+  m->peers = ps;
   return std::unique_ptr<node>(new node(std::move(m)));
 }
 
@@ -1111,22 +1641,22 @@ boost::system::result<void, error> node::start() {
     if (auto r = listen_on("listen", m.cfg.listen->address, *m.listen_h, m.listen_tls.get(), m.listen_srv); !r)
       return r;
   }
-  for (std::size_t i = 0; i < m.cfg.peers.size(); ++i) {
-    auto& p = m.cfg.peers[i];
-    if (p.kind == peer_kind::file) {
-      m.forwarders.push_back(std::make_shared<file_forwarder>(m, p, m.peer_ids[i]));
-    } else {
-      auto t = transport::tls_material::create(transport::tls_role::client, to_transport(p.tls),
-                                               p.server_name.empty() ? p.host : p.server_name);
-      if (!t) return error{t.error().code, "peer " + p.name + ": " + t.error().message};
-      if (p.kind == peer_kind::http)
-        m.forwarders.push_back(std::make_shared<https_forwarder>(m, p, m.peer_ids[i], std::move(*t)));
-      else
-        m.forwarders.push_back(std::make_shared<relay_forwarder>(m, p, m.peer_ids[i], std::move(*t)));
-    }
+  auto ps = std::make_shared<peer_list>();
+  for (auto& p : *m.peers_now()) {
+    auto pr = std::make_shared<peer_runtime>(*p);
+    auto f = m.make_forwarder(pr->cfg, pr->id, pr->shared);
+    if (!f) return f.error();
+    pr->fwd = *f;
+    ps->push_back(std::move(pr));
   }
-  for (auto& f : m.forwarders)
-    f->start();
+  {
+    std::lock_guard lk(m.live_mu);
+    m.peers = ps;
+  }
+  for (auto& p : *ps)
+    p->fwd->start();
+  m.quota_timer.emplace(m.io);
+  m.schedule_quota_save();
   for (unsigned i = 0; i < m.threads; ++i)
     m.pool.emplace_back([&m] { m.io.run(); });
   return {};
@@ -1137,15 +1667,30 @@ void node::stop() {
   if (!m.work) return;
   for (auto* s : {&m.ingest_srv, &m.listen_srv, &m.admin_srv})
     if (*s) (*s)->stop();
-  for (auto& f : m.forwarders)
-    f->stop();
+  for (auto& p : *m.peers_now())
+    if (p->fwd) p->fwd->stop();
   m.work.reset();
   m.io.stop();
   for (auto& t : m.pool)
     t.join();
   m.pool.clear();
-  m.forwarders.clear();
+  m.quota_timer.reset();
+  // The last quota usage, so that a restart does not refill it.
+  for (auto& p : *m.peers_now()) {
+    auto q = p->shared->limiter->export_quota();
+    m.store->save_quota_state_wait(p->id, q.state.period_start_unix_ms, q.state.used_bytes);
+  }
+  auto ps = std::make_shared<peer_list>();
+  for (auto& p : *m.peers_now()) {
+    auto pr = std::make_shared<peer_runtime>(*p);
+    pr->fwd.reset();
+    ps->push_back(std::move(pr));
+  }
+  std::lock_guard lk(m.live_mu);
+  m.peers = ps;
 }
+
+boost::system::result<reload_report, config_errors> node::reload() { return impl_->reload(); }
 
 json::object node::status() const { return impl_->status(); }
 

@@ -15,8 +15,17 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace edgerelay::relay {
+
+// What a reload (POST /v1/reload, SIGHUP) did. Each entry is a sentence
+// naming the setting.
+struct reload_report {
+  std::vector<std::string> applied;          // in force now
+  std::vector<std::string> restart_required; // changed in the file, left as it was until a restart
+  std::vector<std::string> failed; // valid config but could not be applied (e.g. unreadable new cert): old kept
+};
 
 class node {
 public:
@@ -31,6 +40,13 @@ public:
   // Stops accepting, closes connections, stops forwarders (unacknowledged
   // deliveries are retried after the next start), and closes the store.
   void stop();
+
+  // Re-reads the config file the node was created from and applies what can
+  // change live: bandwidth, retry, window and timeouts, routes, peers added
+  // or removed, TLS material and allow lists (new connections use them; live
+  // ones that are unaffected continue). An invalid file changes nothing and
+  // returns the errors check-config would print. Any thread.
+  boost::system::result<reload_report, config_errors> reload();
 
   // The status document of GET /v1/status.
   boost::json::object status() const;

@@ -22,7 +22,15 @@ struct ws_options {
   std::chrono::milliseconds idle_timeout{30000}; // a ping goes out at half of it; silence for all of it closes
   std::chrono::milliseconds handshake_timeout{10000};
   std::size_t max_queue = 256; // outbound messages waiting to be written
+  bool masked = false;         // client side (set by ws_dial): every frame carries a 4-byte mask
 };
+
+// Bytes a binary message of n bytes costs on the wire: the channel sends each
+// message as one frame, so n plus one frame header (with the mask a client's
+// frames carry).
+constexpr std::size_t ws_wire_bytes(std::size_t n, bool masked) noexcept {
+  return n + 2 + (n > 65535 ? 8 : n > 125 ? 2 : 0) + (masked ? 4 : 0);
+}
 
 class ws_channel {
 public:

@@ -86,6 +86,7 @@ private:
 
   void handshake_ws() {
     beast::get_lowest_layer(*stream_).expires_never();
+    opt_.masked = true;
     ws_ = std::make_shared<detail::ws_session<Stream>>(std::move(*stream_), opt_);
     stream_.reset();
     auto& ws = ws_->stream();

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -63,6 +64,7 @@ public:
   }
 
   bool running() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
+  pid_t pid() const { return pid_; }
   // Sends sig and reaps the child (SIGKILL after 10 s if it does not end); returns its wait status.
   int stop(int sig = SIGTERM) {
     if (pid_ <= 0) return 0;

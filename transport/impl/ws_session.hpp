@@ -61,6 +61,10 @@ public:
 private:
   void configure() {
     ws_.binary(true);
+    // One frame per message: the bytes a message costs on the wire are then
+    // exactly its size plus one frame header (bandwidth accounting), and
+    // large messages avoid per-fragment overhead.
+    ws_.auto_fragment(false);
     ws_.read_message_max(opt_.max_message_bytes);
     websocket::stream_base::timeout t{};
     t.handshake_timeout = opt_.handshake_timeout;
@@ -95,14 +99,11 @@ private:
                     [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
                       self->writing_ = false;
                       if (ec) return self->finish(ec, "write: " + ec.message());
-                      self->sent_ += n + frame_overhead(n);
+                      self->sent_ += ws_wire_bytes(n, self->opt_.masked);
                       self->write_next();
                       if (self->closing_ && !self->writing_) self->do_close();
                     });
   }
-
-  // WebSocket header bytes for a binary message of n bytes (client frames add a 4-byte mask).
-  static std::size_t frame_overhead(std::size_t n) { return (n < 126 ? 2 : n < 65536 ? 4 : 10); }
 
   void begin_close(std::string why) {
     if (finished_ || closing_) return;

@@ -1,0 +1,391 @@
+// Bandwidth management and hot reload at a running node: the daily quota on a
+// manual clock (hold, refill exactly at the reset, persistence across
+// restarts), send windows, and on loopback with real traffic: the rate limit,
+// a rate changed by reload on the same connection, quota-only mode, zstd
+// compression. Plus reload's refusals and SIGHUP.
+
+#include "relay/config.hpp"
+#include "relay/http_client.hpp"
+#include "relay/node.hpp"
+#include "relay/producer.hpp"
+#include "relay/spool.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "transport/pki.hpp"
+#include "util/checksum.hpp"
+#include "util/clock.hpp"
+
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <map>
+#include <thread>
+
+using namespace edgerelay;
+using namespace std::chrono_literals;
+namespace json = boost::json;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::string q(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
+
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+void write_file(const std::filesystem::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::trunc);
+  out << text;
+}
+
+std::unique_ptr<relay::node> start_node(const std::filesystem::path& file, util::clock* clk = nullptr) {
+  auto cfg = relay::load_config(file);
+  INFO((cfg ? std::string() : relay::to_string(cfg.error())));
+  REQUIRE(cfg.has_value());
+  auto n = relay::node::create(std::move(*cfg), clk, 2);
+  INFO((n ? std::string() : n.error().message));
+  REQUIRE(n.has_value());
+  auto started = (*n)->start();
+  INFO((started ? std::string() : started.error().message));
+  REQUIRE(started.has_value());
+  return std::move(*n);
+}
+
+json::object peer_status(relay::node& n, std::size_t i = 0) {
+  return n.status().at("peers").as_array().at(i).as_object();
+}
+std::int64_t num(const json::value& v) { return v.to_number<std::int64_t>(); }
+
+void post_segments(relay::node& n, int count, std::size_t size, const std::string& stream = "s") {
+  relay::producer_options po;
+  po.url = "ws://" + n.address("ingest");
+  po.batch_max_segments = 64;
+  auto p = relay::ws_producer::connect(po);
+  REQUIRE(p.has_value());
+  std::string payload;
+  for (int i = 0; i < count; ++i) {
+    payload = std::to_string(i) + ":" + std::string(size, static_cast<char>('a' + i % 26));
+    payload.resize(size);
+    REQUIRE((*p)->send(stream, payload).has_value());
+  }
+  REQUIRE((*p)->flush().has_value());
+}
+
+// 2026-11-23T00:00:00Z
+constexpr auto day0 = std::chrono::system_clock::time_point{std::chrono::seconds{1795392000}};
+
+std::string terminal_node(const std::filesystem::path& dir, const std::string& bandwidth) {
+  return "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "data") +
+         "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+         "[evidence]\ncanary_interval = \"0s\"\n"
+         "[[peer]]\nname = \"spool\"\nurl = \"file://" +
+         (dir / "spool").string() + "\"\nbatch_max_bytes = \"1KiB\"\nbandwidth = " + bandwidth + "\n";
+}
+
+} // namespace
+
+TEST_CASE("a spent daily quota holds the peer until exactly the reset instant, also across a restart",
+          "[e2e][bandwidth]") {
+  test::temp_dir dir{"bw-quota"};
+  util::manual_clock clk(day0 + 10h);
+  auto file = dir / "edge.toml";
+  write_file(file, terminal_node(dir.path(), "{daily_quota = \"4KiB\", quota_reset = \"06:00Z\"}"));
+  auto edge = start_node(file, &clk);
+  post_segments(*edge, 40, 500); // 20,000 bytes of payload: five times the quota
+  REQUIRE(eventually([&] { return peer_status(*edge).at("state") == "holding_quota"; }));
+  auto delivered = num(edge->status().at("totals").at("delivered"));
+  auto bw = peer_status(*edge).at("bandwidth").as_object();
+  CHECK(num(bw.at("quota_remaining_bytes")) == 0);
+  CHECK(bw.at("quota_resets_at") == "2026-11-24T06:00:00.000Z");
+  CHECK(bw.at("mode") == "quota");
+  // At most one batch (1 KiB of payload + ids) beyond the quota.
+  CHECK(num(bw.at("quota_used_bytes")) <= 4096 + 1024 + 200);
+  CHECK(delivered > 0);
+  CHECK(delivered < 40);
+
+  // A restart inside the same period does not refill the quota.
+  edge->stop();
+  edge.reset();
+  clk.advance(10h); // 20:00, still before the 06:00 reset
+  edge = start_node(file, &clk);
+  std::this_thread::sleep_for(300ms);
+  CHECK(peer_status(*edge).at("state") == "holding_quota");
+  CHECK(num(edge->status().at("totals").at("delivered")) == delivered);
+
+  // One microsecond before the reset: still holding.
+  clk.set_system(day0 + 30h - 1us);
+  std::this_thread::sleep_for(300ms);
+  CHECK(num(edge->status().at("totals").at("delivered")) == delivered);
+  // At the reset instant the next period's quota is there.
+  clk.set_system(day0 + 30h);
+  CHECK(eventually([&] { return num(edge->status().at("totals").at("delivered")) > delivered; }));
+  edge->stop();
+}
+
+TEST_CASE("a reset that passed while the node was stopped gives a fresh quota at start", "[e2e][bandwidth]") {
+  test::temp_dir dir{"bw-quota-stopped"};
+  util::manual_clock clk(day0 + 23h);
+  auto file = dir / "edge.toml";
+  write_file(file, terminal_node(dir.path(), "{daily_quota = \"2KiB\"}"));
+  auto edge = start_node(file, &clk);
+  post_segments(*edge, 20, 500);
+  REQUIRE(eventually([&] { return peer_status(*edge).at("state") == "holding_quota"; }));
+  auto delivered = num(edge->status().at("totals").at("delivered"));
+  edge->stop();
+  edge.reset();
+  clk.advance(2h); // past 00:00Z while stopped
+  edge = start_node(file, &clk);
+  CHECK(eventually([&] { return num(edge->status().at("totals").at("delivered")) > delivered; }));
+  edge->stop();
+}
+
+TEST_CASE("outside its send window a peer holds, and it starts sending when the window opens across midnight",
+          "[e2e][bandwidth]") {
+  test::temp_dir dir{"bw-window"};
+  util::manual_clock clk(day0 + 12h);
+  auto file = dir / "edge.toml";
+  write_file(file, terminal_node(dir.path(), "{send_windows = [\"22:00-06:00Z\"]}"));
+  auto edge = start_node(file, &clk);
+  post_segments(*edge, 10, 100);
+  REQUIRE(eventually([&] { return peer_status(*edge).at("state") == "outside_window"; }));
+  std::this_thread::sleep_for(200ms);
+  CHECK(num(edge->status().at("totals").at("delivered")) == 0);
+  clk.set_system(day0 + 22h - 1ms);
+  std::this_thread::sleep_for(200ms);
+  CHECK(num(edge->status().at("totals").at("delivered")) == 0);
+  clk.set_system(day0 + 22h);
+  CHECK(eventually([&] { return num(edge->status().at("totals").at("delivered")) == 10; }));
+  edge->stop();
+}
+
+namespace {
+
+// An edge relaying to a hub over mTLS on loopback, both in this process on
+// the real clock; the edge's config file can be rewritten and reloaded.
+struct relay_pair {
+  test::temp_dir dir{"bw-pair"};
+  transport::pki_paths pki;
+  std::unique_ptr<relay::node> hub, edge;
+  std::filesystem::path edge_file = dir / "edge.toml";
+
+  explicit relay_pair(const std::string& peer_extra) {
+    auto p = transport::pki_init(dir / "pki");
+    REQUIRE(p.has_value());
+    pki = *p;
+    write_file(dir / "hub.toml", "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
+                                     "\n[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(pki.server_cert) +
+                                     "\nkey = " + q(pki.server_key) + "\nca = " + q(pki.ca_cert) +
+                                     "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
+                                     "[[peer]]\nname = \"spool\"\nurl = \"file://" +
+                                     (dir / "spool").string() + "\"\n");
+    hub = start_node(dir / "hub.toml");
+    write_edge(peer_extra);
+    edge = start_node(edge_file);
+  }
+  ~relay_pair() {
+    if (edge) edge->stop();
+    if (hub) hub->stop();
+  }
+  void write_edge(const std::string& peer_extra) {
+    write_file(edge_file, "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "edge") +
+                              "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+                              "[evidence]\ncanary_interval = \"0s\"\n"
+                              "[[peer]]\nname = \"hub\"\nurl = \"wss://" +
+                              hub->address("listen") +
+                              "/v1/relay\"\nserver_name = \"localhost\"\ncert = " + q(pki.client_cert) +
+                              "\nkey = " + q(pki.client_key) + "\nca = " + q(pki.ca_cert) + "\n" + peer_extra + "\n");
+  }
+  std::int64_t sent() { return num(peer_status(*edge).at("bytes_sent")); }
+  // Bytes/s sent by the edge over `d`, measured on its wire counter.
+  double rate_over(std::chrono::milliseconds d) {
+    auto b0 = sent();
+    auto t0 = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(d);
+    auto b1 = sent();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return static_cast<double>(b1 - b0) / s;
+  }
+};
+
+} // namespace
+
+TEST_CASE("rate = 8Mbit holds 1 MB/s within 10 % over 10 s, and a reload to 2Mbit applies within 1 s on the same "
+          "connection",
+          "[e2e][bandwidth][slow]") {
+  relay_pair rp("batch_max_bytes = \"16KiB\"\nbandwidth = {rate = \"8Mbit\", burst = \"16KiB\"}");
+  // 24 MB queued: more than the whole test can send.
+  post_segments(*rp.edge, 6000, 4096);
+  REQUIRE(eventually([&] { return rp.sent() > 100000; }));
+  double r = rp.rate_over(10s);
+  INFO("measured " << r << " B/s");
+  CHECK(r >= 0.9e6);
+  CHECK(r <= 1.1e6);
+  auto conns = num(peer_status(*rp.edge).at("connections"));
+  CHECK(conns == 1);
+
+  rp.write_edge("batch_max_bytes = \"16KiB\"\nbandwidth = {rate = \"2Mbit\", burst = \"16KiB\"}");
+  auto reply = relay::http_call("POST", "http://" + rp.edge->address("admin") + "/v1/reload");
+  REQUIRE(reply.has_value());
+  INFO(reply->body);
+  REQUIRE(reply->status == 200);
+  CHECK_THAT(reply->body, Contains("peer hub: bandwidth"));
+  std::this_thread::sleep_for(1s);
+  double r2 = rp.rate_over(4s);
+  INFO("after reload " << r2 << " B/s");
+  CHECK(r2 >= 0.225e6);
+  CHECK(r2 <= 0.275e6);
+  CHECK(num(peer_status(*rp.edge).at("connections")) == conns);
+  CHECK(peer_status(*rp.edge).at("bandwidth").at("rate_bytes_per_s") == 250000);
+}
+
+TEST_CASE("quota-only mode stops after the quota, exceeding it by at most one batch", "[e2e][bandwidth]") {
+  relay_pair rp("batch_max_bytes = \"64KiB\"\nbandwidth = {daily_quota = \"1MiB\"}");
+  post_segments(*rp.edge, 768, 4096); // 3 MiB
+  REQUIRE(eventually([&] { return peer_status(*rp.edge).at("state") == "holding_quota"; }));
+  auto s1 = rp.sent();
+  std::this_thread::sleep_for(500ms);
+  auto s2 = rp.sent();
+  CHECK(s2 == s1);
+  // One batch on the wire: 64 KiB of payload plus per-record and frame overhead.
+  CHECK(s2 <= (1 << 20) + 64 * 1024 + 16 * 60 + 64);
+  CHECK(s2 >= (1 << 20));
+  auto bw = peer_status(*rp.edge).at("bandwidth").as_object();
+  CHECK(num(bw.at("quota_remaining_bytes")) == 0);
+  auto m = relay::http_call("GET", "http://" + rp.edge->address("admin") + "/metrics");
+  REQUIRE(m.has_value());
+  CHECK_THAT(m->body, Contains("edgerelay_bandwidth_quota_remaining_bytes{peer=\"hub\"} 0"));
+  CHECK(num(rp.hub->status().at("totals").at("accepted")) < 768);
+}
+
+TEST_CASE("zstd sends fewer bytes than the payloads of a compressible stream, which arrives byte-identical",
+          "[e2e][bandwidth]") {
+  relay_pair rp("compression = \"zstd\"");
+  std::map<std::string, std::string> sent; // checksum hex -> payload
+  relay::producer_options po;
+  po.url = "ws://" + rp.edge->address("ingest");
+  auto p = relay::ws_producer::connect(po);
+  REQUIRE(p.has_value());
+  std::uint64_t payload_bytes = 0;
+  for (int i = 0; i < 500; ++i) {
+    std::string payload;
+    for (int k = 0; k < 40; ++k)
+      payload += "temperature=21." + std::to_string(i % 10) + " humidity=40 sensor=gw-" + std::to_string(k) + "\n";
+    payload_bytes += payload.size();
+    sent[util::checksum_hex(util::checksum(payload))] = payload;
+    REQUIRE((*p)->send("telemetry", payload).has_value());
+  }
+  REQUIRE((*p)->flush().has_value());
+  REQUIRE(eventually([&] { return num(rp.hub->status().at("totals").at("delivered")) == 500; }, 20s));
+  auto c = peer_status(*rp.edge).at("compression").as_object();
+  CHECK(c.at("algorithm") == "zstd");
+  INFO("before " << num(c.at("bytes_before")) << " after " << num(c.at("bytes_after")) << " payload " << payload_bytes);
+  CHECK(num(c.at("bytes_after")) * 4 < static_cast<std::int64_t>(payload_bytes));
+  CHECK(num(c.at("bytes_before")) > static_cast<std::int64_t>(payload_bytes));
+  std::size_t same = 0;
+  auto read = relay::read_spool(rp.dir / "spool", [&](const relay::spool_record& r) {
+    auto it = sent.find(util::checksum_hex(r.checksum));
+    if (it != sent.end() && it->second == r.payload) ++same;
+    return true;
+  });
+  REQUIRE(read.has_value());
+  CHECK(same == 500);
+}
+
+TEST_CASE("reload adds and removes peers live, reports what needs a restart, and refuses an invalid file",
+          "[e2e][reload]") {
+  relay_pair rp("streams = [\"s\", \"keep-2\"]");
+  auto admin = "http://" + rp.edge->address("admin");
+  // A second peer (a local spool) and a changed data_dir.
+  std::string extra_peer =
+      "\n[[peer]]\nname = \"local\"\nurl = \"file://" + (rp.dir / "local").string() + "\"\nstreams = [\"keep-*\"]\n";
+  auto text = [&] {
+    std::ifstream in(rp.edge_file);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  auto original = text();
+  auto changed = original + extra_peer;
+  auto pos = changed.find(q(rp.dir / "edge"));
+  changed.replace(pos, q(rp.dir / "edge").size(), q(rp.dir / "elsewhere"));
+  write_file(rp.edge_file, changed);
+  auto r = relay::http_call("POST", admin + "/v1/reload");
+  REQUIRE(r.has_value());
+  INFO(r->body);
+  REQUIRE(r->status == 200);
+  CHECK_THAT(r->body, Contains("peer local: added"));
+  CHECK_THAT(r->body, Contains("node.data_dir"));
+  REQUIRE(rp.edge->status().at("peers").as_array().size() == 2);
+  post_segments(*rp.edge, 5, 10, "keep-1");
+  CHECK(eventually([&] { return num(peer_status(*rp.edge, 1).at("delivered")) == 5; }));
+  CHECK(num(peer_status(*rp.edge, 0).at("routed")) == 0);
+  CHECK(num(peer_status(*rp.edge, 0).at("connections")) == 1); // the hub connection was not touched
+
+  // An invalid file changes nothing and answers with check-config's lines.
+  write_file(rp.edge_file, changed + "\n[queue]\nmax_bytes = \"lots\"\n");
+  r = relay::http_call("POST", admin + "/v1/reload");
+  REQUIRE(r.has_value());
+  CHECK(r->status == 400);
+  CHECK_THAT(r->body, Contains("queue.max_bytes") && Contains("invalid_config"));
+  CHECK(rp.edge->status().at("peers").as_array().size() == 2);
+
+  // Removing the peer stops routing to it; its counters stay visible.
+  write_file(rp.edge_file, original);
+  r = relay::http_call("POST", admin + "/v1/reload");
+  REQUIRE(r.has_value());
+  CHECK(r->status == 200);
+  CHECK_THAT(r->body, Contains("peer local: removed"));
+  CHECK(peer_status(*rp.edge, 1).at("state") == "disabled");
+  auto ingest = "http://" + rp.edge->address("ingest");
+  auto posted = relay::http_call("POST", ingest + "/v1/streams/keep-2/segments", "x");
+  REQUIRE(posted.has_value());
+  CHECK(posted->status == 201); // routed to the hub peer only
+  CHECK(eventually([&] { return num(peer_status(*rp.edge, 0).at("delivered")) == 1; }));
+  CHECK(num(peer_status(*rp.edge, 1).at("routed")) == 5);
+}
+
+TEST_CASE("SIGHUP reloads a running node's config and logs what it applied", "[e2e][reload]") {
+  test::temp_dir dir{"bw-sighup"};
+  auto file = dir / "node.toml";
+  auto body = [&](const std::string& bw) {
+    return "[node]\nid = \"n\"\ndata_dir = " + q(dir / "data") +
+           "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+           "[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" +
+           (dir / "spool").string() + "\"\n" + bw;
+  };
+  write_file(file, body(""));
+  auto log = dir / "node.log";
+  test::process node({std::string(EDGERELAY_BIN_DIR) + "/edgerelay", "run", "--config", file.string()}, log);
+  auto read_log = [&] {
+    std::ifstream in(log);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  std::string admin;
+  REQUIRE(eventually([&] {
+    auto l = read_log();
+    auto at = l.find("admin ");
+    if (at == std::string::npos) return false;
+    admin = l.substr(at + 6, l.find_first_of(",\n", at) - at - 6);
+    return true;
+  }));
+  write_file(file, body("bandwidth = {rate = \"1MiB/s\"}\n"));
+  REQUIRE(node.running());
+  ::kill(node.pid(), SIGHUP);
+  REQUIRE(eventually(
+      [&] { return read_log().find("reload: applied: peer spool: bandwidth (rate)") != std::string::npos; }));
+  auto st = relay::http_call("GET", "http://" + admin + "/v1/status");
+  REQUIRE(st.has_value());
+  CHECK_THAT(st->body, Contains("\"rate_bytes_per_s\":1048576"));
+  write_file(file, body("bandwidth = {rate = \"fast\"}\n"));
+  ::kill(node.pid(), SIGHUP);
+  REQUIRE(eventually([&] { return read_log().find("refused, nothing changed") != std::string::npos; }));
+  CHECK_THAT(read_log(), Contains("peer[0].bandwidth.rate"));
+  CHECK(node.running());
+  CHECK(node.stop(SIGTERM) == 0);
+}
