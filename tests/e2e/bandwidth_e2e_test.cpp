@@ -176,16 +176,11 @@ struct relay_pair {
   std::unique_ptr<relay::node> hub, edge;
   std::filesystem::path edge_file = dir / "edge.toml";
 
-  explicit relay_pair(const std::string& peer_extra) {
+  explicit relay_pair(const std::string& peer_extra, const std::string& listen_extra = "") {
     auto p = transport::pki_init(dir / "pki");
     REQUIRE(p.has_value());
     pki = *p;
-    write_file(dir / "hub.toml", "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
-                                     "\n[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(pki.server_cert) +
-                                     "\nkey = " + q(pki.server_key) + "\nca = " + q(pki.ca_cert) +
-                                     "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
-                                     "[[peer]]\nname = \"spool\"\nurl = \"file://" +
-                                     (dir / "spool").string() + "\"\n");
+    write_hub(listen_extra, "127.0.0.1:0");
     hub = start_node(dir / "hub.toml");
     write_edge(peer_extra);
     edge = start_node(edge_file);
@@ -193,6 +188,14 @@ struct relay_pair {
   ~relay_pair() {
     if (edge) edge->stop();
     if (hub) hub->stop();
+  }
+  void write_hub(const std::string& listen_extra, const std::string& address) {
+    write_file(dir / "hub.toml", "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") + "\n[listen]\naddress = \"" +
+                                     address + "\"\ncert = " + q(pki.server_cert) + "\nkey = " + q(pki.server_key) +
+                                     "\nca = " + q(pki.ca_cert) + "\n" + listen_extra +
+                                     "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
+                                     "[[peer]]\nname = \"spool\"\nurl = \"file://" +
+                                     (dir / "spool").string() + "\"\n");
   }
   void write_edge(const std::string& peer_extra) {
     write_file(edge_file, "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "edge") +
@@ -388,4 +391,47 @@ TEST_CASE("SIGHUP reloads a running node's config and logs what it applied", "[e
   CHECK_THAT(read_log(), Contains("peer[0].bandwidth.rate"));
   CHECK(node.running());
   CHECK(node.stop(SIGTERM) == 0);
+}
+
+TEST_CASE("a reloaded allow list applies to the next handshake; max_retry changes live", "[e2e][reload]") {
+  relay_pair rp("", "allow = [\"CN:nobody\"]");
+  auto ingest = "http://" + rp.edge->address("ingest");
+  auto posted = relay::http_call("POST", ingest + "/v1/streams/s/segments", "held back");
+  REQUIRE(posted.has_value());
+  REQUIRE(posted->status == 201);
+  auto hub_metrics = [&] {
+    auto m = relay::http_call("GET", "http://" + rp.hub->address("admin") + "/metrics");
+    return m ? m->body : std::string();
+  };
+  REQUIRE(eventually([&] { return hub_metrics().find("reason=\"not_allowed\"") != std::string::npos; }));
+  CHECK(num(rp.hub->status().at("totals").at("accepted")) == 0);
+
+  // The same listen address (a restart-only key) with the allow list removed.
+  rp.write_hub("", "127.0.0.1:0");
+  auto r = relay::http_call("POST", "http://" + rp.hub->address("admin") + "/v1/reload");
+  REQUIRE(r.has_value());
+  INFO(r->body);
+  REQUIRE(r->status == 200);
+  CHECK_THAT(r->body, Contains("listen: TLS material and allow list"));
+  CHECK_THAT(r->body, !Contains("listen.address"));
+  CHECK(eventually([&] { return num(rp.hub->status().at("totals").at("accepted")) == 1; }, 20s));
+
+  // A config naming a missing file is refused as a whole: nothing changes.
+  rp.write_hub("crl = " + q(rp.dir / "missing-crl.pem"), "127.0.0.1:0");
+  r = relay::http_call("POST", "http://" + rp.hub->address("admin") + "/v1/reload");
+  REQUIRE(r.has_value());
+  CHECK(r->status == 400); // check-config refuses a missing file: nothing changed
+  CHECK_THAT(r->body, Contains("listen.crl"));
+
+  rp.write_edge("");
+  auto text = [&] {
+    std::ifstream in(rp.edge_file);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }();
+  write_file(rp.edge_file, text + "\n[queue]\nmax_retry = 3\n");
+  r = relay::http_call("POST", "http://" + rp.edge->address("admin") + "/v1/reload");
+  REQUIRE(r.has_value());
+  INFO(r->body);
+  CHECK(r->status == 200);
+  CHECK_THAT(r->body, Contains("queue.max_retry"));
 }
