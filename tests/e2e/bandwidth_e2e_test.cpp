@@ -9,6 +9,7 @@
 #include "relay/node.hpp"
 #include "relay/producer.hpp"
 #include "relay/spool.hpp"
+#include "tests/support/node_runner.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "transport/pki.hpp"
@@ -23,6 +24,7 @@
 #include <thread>
 
 using namespace edgerelay;
+using test::eventually;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 using Catch::Matchers::Contains;
@@ -31,32 +33,13 @@ namespace {
 
 std::string q(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
 
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(10ms);
-  }
-  return true;
-}
-
 void write_file(const std::filesystem::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::trunc);
   out << text;
 }
 
 std::unique_ptr<relay::node> start_node(const std::filesystem::path& file, util::clock* clk = nullptr) {
-  auto cfg = relay::load_config(file);
-  INFO((cfg ? std::string() : relay::to_string(cfg.error())));
-  REQUIRE(cfg.has_value());
-  auto n = relay::node::create(std::move(*cfg), clk, 2);
-  INFO((n ? std::string() : n.error().message));
-  REQUIRE(n.has_value());
-  auto started = (*n)->start();
-  INFO((started ? std::string() : started.error().message));
-  REQUIRE(started.has_value());
-  return std::move(*n);
+  return test::start_node(relay::load_config(file), clk);
 }
 
 json::object peer_status(relay::node& n, std::size_t i = 0) {

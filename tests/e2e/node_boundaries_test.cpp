@@ -9,6 +9,7 @@
 #include "relay/node.hpp"
 #include "relay/producer.hpp"
 #include "relay/spool.hpp"
+#include "tests/support/node_runner.hpp"
 #include "tests/support/openssl_pki.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -29,6 +30,7 @@
 #include <thread>
 
 using namespace edgerelay;
+using test::eventually;
 using namespace std::chrono_literals;
 namespace net = boost::asio;
 namespace ssl = boost::asio::ssl;
@@ -58,27 +60,8 @@ private:
   std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_ = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
 };
 
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
-}
-
 std::unique_ptr<relay::node> start_node(const std::string& toml, const std::filesystem::path& dir) {
-  auto cfg = relay::parse_config(toml, "node.toml", dir);
-  INFO((cfg ? std::string() : relay::to_string(cfg.error())));
-  REQUIRE(cfg.has_value());
-  auto n = relay::node::create(std::move(*cfg), nullptr, 2);
-  INFO((n ? std::string() : n.error().message));
-  REQUIRE(n.has_value());
-  auto started = (*n)->start();
-  INFO((started ? std::string() : started.error().message));
-  REQUIRE(started.has_value());
-  return std::move(*n);
+  return test::start_node(relay::parse_config(toml, "node.toml", dir));
 }
 
 std::uint16_t port_of(const std::string& address) {
