@@ -127,18 +127,22 @@ struct node::impl {
   std::shared_ptr<const peer_list> peers = std::make_shared<peer_list>();
   std::shared_ptr<const node_config> live; // the config in force (after reloads)
   std::mutex reload_mu;                    // one reload at a time
-  net::io_context io;
-  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
-  std::vector<std::thread> pool;
-  std::unique_ptr<transport::tls_material> listen_tls, ingest_tls, admin_tls;
-  std::shared_ptr<transport::http_server> ingest_srv, listen_srv, admin_srv;
-  std::optional<net::steady_timer> quota_timer;
-  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<std::uint64_t> handshake_failures{0};
   mutable std::mutex refused_mu;
   // (listener or "peer:<name>", reason) -> TLS handshakes / authorisations refused
   std::map<std::pair<std::string, std::string>, std::uint64_t> refused_by_reason;
+  // Declared before io on purpose: members are destroyed in reverse order, so
+  // the io_context (and with it every pending handler that still holds a
+  // session) goes first, while the handlers and TLS material those sessions
+  // refer to still exist. A session keeps its server alive itself.
+  std::unique_ptr<transport::tls_material> listen_tls, ingest_tls, admin_tls;
   std::unique_ptr<transport::http_handler> ingest_h, listen_h, admin_h;
+  net::io_context io;
+  std::shared_ptr<transport::http_server> ingest_srv, listen_srv, admin_srv; // their acceptors need io
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  std::vector<std::thread> pool;
+  std::optional<net::steady_timer> quota_timer;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   std::shared_ptr<const peer_list> peers_now() const {
     std::lock_guard lk(live_mu);
@@ -562,15 +566,20 @@ private:
     ch_ = *r;
     auto self = shared_from_this();
     auto gen = ++generation_;
-    ch_->start({[self, gen](std::string&& m) {
-                  net::post(self->strand_, [self, gen, m = std::move(m)] {
-                    if (gen == self->generation_) self->on_message(m);
-                  });
+    // The callbacks hold the forwarder weakly: the node owns it, and a
+    // channel left open by a stopped io_context must not keep it alive.
+    std::weak_ptr<relay_forwarder> weak = self;
+    ch_->start({[weak, gen](std::string&& m) {
+                  if (auto s = weak.lock())
+                    net::post(s->strand_, [s, gen, m = std::move(m)] {
+                      if (gen == s->generation_) s->on_message(m);
+                    });
                 },
-                [self, gen](const sys_ec&, const std::string& why) {
-                  net::post(self->strand_, [self, gen, why] {
-                    if (gen == self->generation_) self->on_closed(why);
-                  });
+                [weak, gen](const sys_ec&, const std::string& why) {
+                  if (auto s = weak.lock())
+                    net::post(s->strand_, [s, gen, why] {
+                      if (gen == s->generation_) s->on_closed(why);
+                    });
                 }});
     hello_.node_id = n_.cfg.node.id;
     hello_.versions = {transport::relay_protocol_version};
@@ -842,25 +851,30 @@ enum class receiver_role { relay, ingest };
 class relay_receiver : public std::enable_shared_from_this<relay_receiver> {
 public:
   relay_receiver(node::impl& n, std::shared_ptr<transport::ws_channel> ch, std::string who, receiver_role role)
-      : n_(n), ch_(std::move(ch)), who_(std::move(who)), role_(role) {}
+      : n_(n), ch_(ch), who_(std::move(who)), role_(role) {}
 
   void start() {
     auto self = shared_from_this();
-    ch_->start({[self](std::string&& m) { self->on_message(std::move(m)); },
-                [self](const sys_ec&, const std::string&) { self->ch_.reset(); }});
+    // The channel's callbacks own the receiver; the receiver only watches the
+    // channel (weak), so no cycle outlives a connection or a stopped node.
+    if (auto ch = ch_.lock())
+      ch->start({[self](std::string&& m) { self->on_message(std::move(m)); },
+                 [self](const sys_ec&, const std::string&) { self->ch_.reset(); }});
   }
 
 private:
   void refuse(transport::wire_error code, const std::string& why) {
-    if (!ch_) return;
+    auto ch = ch_.lock();
+    if (!ch) return;
     std::string out;
     transport::encode_error(code, why, out);
-    ch_->send(std::move(out));
-    ch_->close(why);
+    ch->send(std::move(out));
+    ch->close(why);
   }
 
   void on_message(std::string&& m) {
-    if (!ch_) return;
+    auto ch = ch_.lock();
+    if (!ch) return;
     // The codec's own limits bound memory; a segment over this node's
     // max_segment_bytes is rejected alone (too_large), not the whole batch.
     transport::codec_limits lim;
@@ -884,7 +898,7 @@ private:
       std::string out;
       transport::encode_hello_ack(*ack, out);
       hello_done_ = true;
-      ch_->send(std::move(out));
+      ch->send(std::move(out));
       return;
     }
     if (!hello_done_) return refuse(transport::wire_error::protocol, "HELLO must come first");
@@ -954,13 +968,13 @@ private:
       }
       std::string out;
       transport::encode_ack(a, out);
-      if (auto ch = self->ch_) ch->send(std::move(out));
+      if (auto ch = self->ch_.lock()) ch->send(std::move(out));
     };
     if (segs.empty()) return finish(nullptr);
     n_.store->enqueue(std::move(segs), [self, p, finish](queue::enqueue_result&& r) {
       if (r.ec) {
         spdlog::warn("relay from {}: batch not stored: {}", self->who_, r.message);
-        auto ch = self->ch_;
+        auto ch = self->ch_.lock();
         if (!ch) return;
         std::string out;
         transport::encode_error(transport::wire_error::unavailable, r.message, out);
@@ -974,7 +988,7 @@ private:
   }
 
   node::impl& n_;
-  std::shared_ptr<transport::ws_channel> ch_;
+  std::weak_ptr<transport::ws_channel> ch_;
   std::string who_;
   receiver_role role_;
   bool hello_done_ = false;
@@ -1070,8 +1084,7 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
-    std::make_shared<relay_receiver>(n_, std::move(ch),
-                                     who.identity.empty() ? who.remote.address().to_string() : who.identity,
+    std::make_shared<relay_receiver>(n_, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity,
                                      receiver_role::ingest)
         ->start();
   }
@@ -1095,8 +1108,8 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
-    std::make_shared<relay_receiver>(
-        n_, std::move(ch), who.identity.empty() ? who.remote.address().to_string() : who.identity, receiver_role::relay)
+    std::make_shared<relay_receiver>(n_, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity,
+                                     receiver_role::relay)
         ->start();
   }
   void on_refused(const net::ip::tcp::endpoint& remote, std::string_view reason, std::string_view detail) override {

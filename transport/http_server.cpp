@@ -128,7 +128,7 @@ struct http_server::impl {
     sessions.push_back(s);
   }
   void accept_next(std::shared_ptr<http_server> keep);
-  void on_accept(tcp::socket sock);
+  void on_accept(tcp::socket sock, const std::shared_ptr<http_server>& owner);
 };
 
 namespace {
@@ -136,9 +136,10 @@ namespace {
 template <class Stream>
 class http_session final : public session_base, public std::enable_shared_from_this<http_session<Stream>> {
 public:
-  http_session(http_server::impl& srv, Stream&& stream, std::shared_ptr<net::ssl::context> ctx,
-               std::shared_ptr<const tls_files> files, tcp::endpoint remote)
-      : srv_(srv), stream_(std::move(stream)), ctx_(std::move(ctx)), files_(std::move(files)) {
+  http_session(http_server::impl& srv, std::shared_ptr<http_server> owner, Stream&& stream,
+               std::shared_ptr<net::ssl::context> ctx, std::shared_ptr<const tls_files> files, tcp::endpoint remote)
+      : srv_(srv), owner_(std::move(owner)), stream_(std::move(stream)), ctx_(std::move(ctx)),
+        files_(std::move(files)) {
     who_.remote = remote;
     who_.tls = ctx_ != nullptr;
     ++srv_.conns;
@@ -279,6 +280,7 @@ private:
   }
 
   http_server::impl& srv_;
+  std::shared_ptr<http_server> owner_; // keeps srv_ alive as long as the session (e.g. pending in a stopped io_context)
   Stream stream_;
   std::shared_ptr<net::ssl::context> ctx_; // keeps the context alive for the stream
   std::shared_ptr<const tls_files> files_; // the allow list that goes with ctx_
@@ -297,12 +299,12 @@ void http_server::impl::accept_next(std::shared_ptr<http_server> keep) {
       std::lock_guard lk(mu);
       if (stopped) return;
     }
-    if (!ec) on_accept(std::move(sock));
+    if (!ec) on_accept(std::move(sock), keep);
     accept_next(keep);
   });
 }
 
-void http_server::impl::on_accept(tcp::socket sock) {
+void http_server::impl::on_accept(tcp::socket sock, const std::shared_ptr<http_server>& owner) {
   beast::error_code ec;
   auto remote = sock.remote_endpoint(ec);
   if (ec) return;
@@ -316,12 +318,12 @@ void http_server::impl::on_accept(tcp::socket sock) {
     auto snap = tls->snapshot();
     using tls_stream = beast::ssl_stream<beast::tcp_stream>;
     auto s = std::make_shared<http_session<tls_stream>>(
-        *this, tls_stream(beast::tcp_stream(std::move(sock)), *snap.context), snap.context, snap.files, remote);
+        *this, owner, tls_stream(beast::tcp_stream(std::move(sock)), *snap.context), snap.context, snap.files, remote);
     track(s);
     s->start();
   } else {
-    auto s = std::make_shared<http_session<beast::tcp_stream>>(*this, beast::tcp_stream(std::move(sock)), nullptr,
-                                                               nullptr, remote);
+    auto s = std::make_shared<http_session<beast::tcp_stream>>(*this, owner, beast::tcp_stream(std::move(sock)),
+                                                               nullptr, nullptr, remote);
     track(s);
     s->start();
   }
