@@ -151,7 +151,11 @@ struct cluster {
     return seen;
   }
 
-  void check_exactly_once(const std::map<std::string, std::uint64_t>& sent, std::chrono::milliseconds limit) {
+  // `unacknowledged_ok`: segments the sink may hold beyond `sent` — those of a
+  // request the edge committed but whose 201 was lost when it was killed.
+  // They must still be there at most once.
+  void check_exactly_once(const std::map<std::string, std::uint64_t>& sent, std::chrono::milliseconds limit,
+                          std::size_t unacknowledged_ok = 0) {
     REQUIRE(wait_until([&] { return spooled().size() >= sent.size(); }, limit));
     std::uint64_t bad = 0;
     auto seen = spooled(&bad);
@@ -166,7 +170,12 @@ struct cluster {
     }
     CHECK(missing == 0);
     CHECK(dup == 0);
-    CHECK(seen.size() == sent.size());
+    std::size_t repeated = 0;
+    for (auto& [id, n] : seen)
+      if (n != 1) ++repeated;
+    CHECK(repeated == 0);
+    CHECK(seen.size() >= sent.size());
+    CHECK(seen.size() <= sent.size() + unacknowledged_ok);
   }
 };
 
@@ -270,7 +279,9 @@ TEST_CASE("kill -9 of the edge mid-run loses nothing and duplicates nothing at t
   INFO("acknowledged " << sent.size() << ", at the sink before the restart " << before);
   CHECK(before < sent.size() + 1);
   c.start_edge();
-  c.check_exactly_once(sent, 60s);
+  // The batch in flight at the kill may have been committed without its 201
+  // reaching the producer: up to 50 segments the producer does not know of.
+  c.check_exactly_once(sent, 60s, 50);
   CHECK(cluster::total(c.status(c.edge_admin), "loss") == 0);
 }
 
