@@ -19,18 +19,8 @@ namespace {
 
 const std::string bin = std::string(EDGERELAY_BIN_DIR) + "/edgerelay";
 
-struct ran {
-  int code;
-  std::string out;
-};
-
-ran run(const test::temp_dir& d, std::vector<std::string> args, std::chrono::seconds limit = 30s) {
-  args.insert(args.begin(), bin);
-  static int n = 0;
-  auto log = d / ("cli-" + std::to_string(++n) + ".log");
-  test::process p(args, log);
-  int code = p.wait(limit);
-  return {code, p.log()};
+test::command_result run(const test::temp_dir& d, std::vector<std::string> args, std::chrono::seconds limit = 30s) {
+  return test::run_edgerelay(d.path(), std::move(args), limit);
 }
 
 std::uint16_t free_port() {
@@ -94,7 +84,7 @@ TEST_CASE("send, status and deadletter list/purge work against a running node", 
                                     "\"pki/client.key\"\nca = \"pki/ca.pem\"\ndial_timeout = \"1s\"\n";
   test::process node({bin, "run", "--config", (d / "edge.toml").string()}, d / "node.log");
   const std::string admin_url = "http://127.0.0.1:" + admin;
-  ran st{1, ""};
+  test::command_result st{1, ""};
   for (int i = 0; i < 100 && st.code != 0; ++i) {
     std::this_thread::sleep_for(100ms);
     st = run(d, {"status", "--admin", admin_url, "--json"});
@@ -105,7 +95,7 @@ TEST_CASE("send, status and deadletter list/purge work against a running node", 
   CHECK(sent.code == 0);
   CHECK_THAT(sent.out, Contains("sent 30 segments of 100 bytes"));
   // The hub never answers: with max_retry = 1 everything is dead-lettered.
-  ran list{1, ""};
+  test::command_result list{1, ""};
   for (int i = 0; i < 100; ++i) {
     list = run(d, {"deadletter", "list", "--admin", admin_url, "--limit", "100"});
     if (list.out.find("edge:30") != std::string::npos) break;

@@ -17,19 +17,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-const std::string bin = std::string(EDGERELAY_BIN_DIR) + "/edgerelay";
-
-struct ran {
-  int code;
-  std::string out;
-};
-
-ran run(const test::temp_dir& d, std::vector<std::string> args) {
-  args.insert(args.begin(), bin);
-  static int n = 0;
-  test::process p(args, d / ("evidence-cli-" + std::to_string(++n) + ".log"));
-  int code = p.wait(30s);
-  return {code, p.log()};
+test::command_result run(const test::temp_dir& d, std::vector<std::string> args, std::chrono::seconds limit = 30s) {
+  return test::run_edgerelay(d.path(), std::move(args), limit);
 }
 
 std::string slurp(const std::filesystem::path& f) {

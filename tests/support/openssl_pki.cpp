@@ -1,5 +1,7 @@
 #include "tests/support/openssl_pki.hpp"
 
+#include <boost/asio/ssl.hpp>
+
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -191,6 +193,17 @@ const openssl_pki& openssl_pki::shared() {
   static temp_dir d{"openssl-pki"};
   static const openssl_pki pki{d.path()};
   return pki;
+}
+
+std::shared_ptr<boost::asio::ssl::context> raw_client_context(const openssl_pki::cert_key& id,
+                                                              const std::filesystem::path& ca) {
+  namespace ssl = boost::asio::ssl;
+  auto c = std::make_shared<ssl::context>(ssl::context::tls_client);
+  c->use_certificate_chain_file(id.cert.string());
+  c->use_private_key_file(id.key.string(), ssl::context::pem);
+  c->load_verify_file(ca.string());
+  c->set_verify_mode(ssl::verify_peer);
+  return c;
 }
 
 } // namespace edgerelay::test

@@ -16,7 +16,12 @@
 #include "tests/support/temp_dir.hpp"
 
 #include <filesystem>
+#include <memory>
 #include <string>
+
+namespace boost::asio::ssl {
+class context;
+}
 
 namespace edgerelay::test {
 
@@ -38,6 +43,12 @@ struct openssl_pki {
   // The process-wide instance, built on first use.
   static const openssl_pki& shared();
 };
+
+// A TLS client context built with plain Asio calls that presents `id` and
+// trusts `ca`: for certificates edgerelay's own loader refuses to present
+// (expired, not yet valid).
+std::shared_ptr<boost::asio::ssl::context> raw_client_context(const openssl_pki::cert_key& id,
+                                                              const std::filesystem::path& ca);
 
 // Runs `openssl <args>` through the shell with `cwd` as working directory and
 // returns its combined output; throws when it exits non-zero.

@@ -2,6 +2,7 @@
 // Child processes for end-to-end tests: started with posix_spawn, output to a
 // log file, always killed and reaped by the destructor.
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <fcntl.h>
@@ -93,5 +94,21 @@ private:
   pid_t pid_ = -1;
   std::filesystem::path log_;
 };
+
+// Runs build/bin/edgerelay with args to its end (killed after `limit`),
+// its output in a log file under `dir`; returns the exit code (-1 when it had
+// to be killed) and the output.
+struct command_result {
+  int code;
+  std::string out;
+};
+inline command_result run_edgerelay(const std::filesystem::path& dir, std::vector<std::string> args,
+                                    std::chrono::seconds limit = std::chrono::seconds(30)) {
+  args.insert(args.begin(), std::string(EDGERELAY_BIN_DIR) + "/edgerelay");
+  static std::atomic<int> n{0};
+  process p(args, dir / ("edgerelay-" + std::to_string(++n) + ".log"));
+  int code = p.wait(limit);
+  return {code, p.log()};
+}
 
 } // namespace edgerelay::test

@@ -51,12 +51,7 @@ std::shared_ptr<ssl::context> client_ctx(const test::openssl_pki::cert_key& id,
 // A client context built with plain Asio calls, for certificates our own
 // loader would refuse to present (expired, not yet valid).
 std::shared_ptr<ssl::context> raw_client_ctx(const test::openssl_pki::cert_key& id) {
-  auto c = std::make_shared<ssl::context>(ssl::context::tls_client);
-  c->use_certificate_chain_file(id.cert.string());
-  c->use_private_key_file(id.key.string(), ssl::context::pem);
-  c->load_verify_file(pki().root_ca.string());
-  c->set_verify_mode(ssl::verify_peer);
-  return c;
+  return test::raw_client_context(id, pki().root_ca);
 }
 
 // What both ends of one loopback connection saw.
