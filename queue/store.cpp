@@ -198,7 +198,7 @@ struct peer_rt {
 };
 
 struct request {
-  enum class kind { enqueue, ack, nack, reject, dl_retry, dl_purge, maintenance, add_peer, quota_save } k;
+  enum class kind { enqueue, ack, nack, reject, dl_retry, dl_purge, maintenance, add_peer, quota_save, record_put } k;
   std::vector<segment_in> segs;
   enqueue_callback on_enqueue;
   peer_id peer = 0;
@@ -214,6 +214,7 @@ struct request {
   std::optional<std::chrono::steady_clock::time_point> deadline; // overflow = block
   std::int64_t quota_period_ms = 0;                              // quota_save
   std::uint64_t quota_used = 0;                                  // quota_save
+  std::string record_key, record_value;                          // record_put
   // outcome
   enqueue_result eres;
   sys_ec ec;
@@ -235,7 +236,8 @@ struct store::impl {
   util::clock* clk = nullptr;
   MDB_env* env = nullptr;
   int lock_fd = -1;
-  MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0, quota_db = 0;
+  MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0, quota_db = 0,
+          records_db = 0;
   std::uint64_t map_size = 0, max_map = 0;
   void* map_base = nullptr; // LMDB's read-only mapping of data.mdb, for trim_map()
   std::size_t map_len = 0;
@@ -285,6 +287,29 @@ struct store::impl {
     std::fclose(f);
   }
   commit_observer observer;
+  deadletter_observer dl_observer;
+  // Dead-letterings of the transaction being built, (peer, reason) -> count;
+  // reported to dl_observer after its commit.
+  std::map<std::pair<peer_id, std::string>, std::uint64_t> dl_events;
+
+  // The fate observer (set_fate_observer): replaced under fate_mu, taken once
+  // per transaction by the writer.
+  struct fate_watch {
+    std::string stream;
+    fate_observer obs;
+  };
+  std::mutex fate_mu;
+  std::shared_ptr<const fate_watch> fate_w;
+  std::shared_ptr<const fate_watch> txn_watch; // writer thread: the watch of the transaction in progress
+  std::vector<fate_event> fates;               // writer thread: what this transaction decided
+
+  // Notes the fate of the queue record `rec` of peer `p` when its stream is watched.
+  void note_fate(peer_rt* p, std::string_view rec, segment_fate what, std::string_view reason) {
+    if (!txn_watch) return;
+    auto r = detail::decode_record(rec);
+    if (!r || r->stream != txn_watch->stream) return;
+    fates.push_back({p->id, p->name, what, std::string(r->id), std::string(r->payload), std::string(reason)});
+  }
 
   std::mutex q_mu;
   std::condition_variable q_cv;
@@ -434,6 +459,8 @@ struct store::impl {
       }
     }
     unpin_all(!committed_ok);
+    if (committed_ok && !fates.empty() && txn_watch && txn_watch->obs) txn_watch->obs(std::move(fates));
+    fates.clear();
     // Pages freed by a commit are reusable by LMDB only from the transaction
     // after next, so an enqueue shed at the map ceiling gets one more try in
     // a transaction of its own before it fails.
@@ -492,6 +519,12 @@ struct store::impl {
       work = committed;
       wglob = cglob;
     }
+    dl_events.clear();
+    fates.clear();
+    {
+      std::lock_guard lk(fate_mu);
+      txn_watch = fate_w;
+    }
     txn w;
     int rc = txn::begin(env, 0, w);
     if (rc) return rc;
@@ -528,6 +561,9 @@ struct store::impl {
       ++commits;
     }
     if (observer) observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), group.size());
+    if (dl_observer)
+      for (auto& [key, n] : dl_events)
+        dl_observer(key.first, key.second, n);
     return MDB_SUCCESS;
   }
 
@@ -542,6 +578,7 @@ struct store::impl {
     case request::kind::maintenance: return apply_maintenance(w, r);
     case request::kind::add_peer: return apply_add_peer(w, r);
     case request::kind::quota_save: return apply_quota_save(w, r);
+    case request::kind::record_put: return w.put(records_db, r.record_key, r.record_value);
     }
     return MDB_SUCCESS;
   }
@@ -555,6 +592,7 @@ struct store::impl {
     case request::kind::nack:
     case request::kind::reject:
     case request::kind::quota_save:
+    case request::kind::record_put:
       if (r.on_done) r.on_done(r.ec);
       break;
     case request::kind::dl_retry:
@@ -686,6 +724,7 @@ struct store::impl {
       int rc = w.get(v.h->p->dbi, k, val);
       if (rc) return rc;
       auto rec = detail::decode_record(val);
+      note_fate(v.h->p, val, segment_fate::evicted, "evicted");
       std::string jv;
       {
         util::writer jw(jv);
@@ -855,6 +894,7 @@ struct store::impl {
       if (rc == MDB_NOTFOUND) continue; // already acked: idempotent
       if (rc) return rc;
       std::size_t sz = vv.size();
+      note_fate(p, vv, segment_fate::delivered, {});
       rc = cur.del();
       if (rc) return rc;
       ++c.delivered;
@@ -885,6 +925,7 @@ struct store::impl {
     std::string v = detail::encode_deadletter(p->id, now, reason.substr(0, 255), record);
     int rc = w.put(dl_db, key64(wglob.dlseq++), v, MDB_APPEND);
     if (rc) return rc;
+    ++dl_events[{p->id, std::string(reason.substr(0, 255))}];
     auto& c = work[p->id - 1];
     ++c.deadletter;
     c.deadletter_bytes += v.size();
@@ -959,6 +1000,7 @@ struct store::impl {
         limit = max_retry;
       }
       if (rec->attempts >= limit) {
+        note_fate(p, scratch, segment_fate::deadlettered, "max_retry");
         rc = to_deadletter(w, p, scratch, "max_retry");
         if (rc) return rc;
         continue;
@@ -1003,6 +1045,7 @@ struct store::impl {
       ++c.attempts;
       --c.queued;
       c.queued_bytes -= old_sz;
+      note_fate(p, scratch, segment_fate::deadlettered, item.reason.empty() ? "rejected" : item.reason);
       rc = to_deadletter(w, p, scratch, item.reason.empty() ? "rejected" : item.reason);
       if (rc) return rc;
     }
@@ -1273,8 +1316,10 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
                            {"evictions", &m->evj_db},
                            {"ids", &m->ids_db},
                            {"ids_by_time", &m->ids_t_db},
-                           // Added after format 1 shipped; created on first open by this version.
-                           {"quota", &m->quota_db}}) {
+                           // Added after format 1 shipped; created on first open by a version
+                           // that has them, so older data directories open unchanged.
+                           {"quota", &m->quota_db},
+                           {"records", &m->records_db}}) {
     rc = open_db(name, *dbi);
     if (rc) {
       if (rc == MDB_INCOMPATIBLE)
@@ -1500,6 +1545,41 @@ void store::save_quota_state(peer_id peer, std::int64_t period_start_unix_ms, st
   impl_->submit(std::move(r));
 }
 
+void store::put_record(std::string key, std::string value, done_callback done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::record_put;
+  if (key.empty() || key.size() > 255) {
+    r->ec = errc::invalid_argument;
+    if (done) done(r->ec);
+    return;
+  }
+  r->record_key = std::move(key);
+  r->record_value = std::move(value);
+  r->on_done = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+result<std::optional<std::string>> store::get_record(std::string_view key) const {
+  if (key.empty() || key.size() > 255) return errc::invalid_argument;
+  std::shared_lock map_lk(impl_->map_mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  std::string_view v;
+  rc = t.get(impl_->records_db, key, v);
+  if (rc == MDB_NOTFOUND) return std::optional<std::string>{};
+  if (rc) return lmdb_ec(rc);
+  return std::optional<std::string>(std::string(v));
+}
+
+void store::set_fate_observer(std::string stream, fate_observer obs) {
+  std::shared_ptr<const impl::fate_watch> w;
+  if (!stream.empty() && obs)
+    w = std::make_shared<const impl::fate_watch>(impl::fate_watch{std::move(stream), std::move(obs)});
+  std::lock_guard lk(impl_->fate_mu);
+  impl_->fate_w = std::move(w);
+}
+
 result<std::optional<quota_record>> store::load_quota_state(peer_id peer) const {
   if (!impl_->peer(peer)) return errc::unknown_peer;
   std::shared_lock map_lk(impl_->map_mu);
@@ -1548,6 +1628,9 @@ result<maintenance_result> store::maintenance_wait() {
 }
 sys_ec store::save_quota_state_wait(peer_id peer, std::int64_t period_start_unix_ms, std::uint64_t used_bytes) {
   return wait_for<sys_ec>([&](auto cb) { save_quota_state(peer, period_start_unix_ms, used_bytes, cb); });
+}
+sys_ec store::put_record_wait(std::string key, std::string value) {
+  return wait_for<sys_ec>([&](auto cb) { put_record(std::move(key), std::move(value), cb); });
 }
 
 result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes) {
@@ -1745,6 +1828,32 @@ result<std::vector<eviction_record>> store::evictions(std::uint64_t after_seq, s
   return out;
 }
 
+result<store::oldest_result> store::oldest_created_ms(peer_id peer, std::size_t max_scan) const {
+  peer_rt* p = impl_->peer(peer);
+  if (!p) return errc::unknown_peer;
+  std::shared_lock map_lk(impl_->map_mu);
+  txn t;
+  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  if (rc) return lmdb_ec(rc);
+  cursor c;
+  rc = cursor::open(t, p->dbi, c);
+  if (rc) return lmdb_ec(rc);
+  oldest_result out;
+  std::string_view kv, vv;
+  std::size_t seen = 0;
+  for (rc = c.get(kv, vv, MDB_FIRST); rc == MDB_SUCCESS; rc = c.get(kv, vv, MDB_NEXT)) {
+    if (seen++ == max_scan) {
+      out.complete = false;
+      break;
+    }
+    auto r = detail::decode_record(vv);
+    if (!r) return errc::store_corrupt;
+    if (!out.created_ms || r->created_ms < *out.created_ms) out.created_ms = r->created_ms;
+  }
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
+  return out;
+}
+
 store_stats store::stats() const {
   store_stats s;
   std::vector<peer_counters> pc;
@@ -1853,6 +1962,11 @@ void store::set_retry_policy(std::uint32_t max_retry, backoff_policy backoff) {
 void store::set_commit_observer(commit_observer obs) {
   std::lock_guard lk(impl_->q_mu);
   impl_->observer = std::move(obs);
+}
+
+void store::set_deadletter_observer(deadletter_observer obs) {
+  std::lock_guard lk(impl_->q_mu);
+  impl_->dl_observer = std::move(obs);
 }
 
 } // namespace edgerelay::queue

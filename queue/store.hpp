@@ -2,8 +2,8 @@
 // edgerelay::queue::store — the node's durable state in one LMDB environment:
 // per-peer FIFO queues, leases for in-flight deliveries, attempts and backoff,
 // the dead-letter store, LRU eviction with its journal, persistent per-peer
-// counters, the received-id (dedupe) table and each peer's bandwidth quota
-// state.
+// counters, the received-id (dedupe) table, each peer's bandwidth quota
+// state and small named records (e.g. the canary soak's state).
 //
 // Threads. Every write (enqueue, ack, nack, reject, dead-letter operations,
 // evictions, maintenance, quota saves) is a request handed to the store's
@@ -213,6 +213,26 @@ struct quota_record {
   friend bool operator==(const quota_record&, const quota_record&) = default;
 };
 
+// What became of a segment of the watched stream (store::set_fate_observer).
+enum class segment_fate {
+  delivered,    // acked
+  deadlettered, // rejected, or nacked past max_retry
+  evicted       // removed by overflow = evict_lru
+};
+struct fate_event {
+  peer_id peer = 0;
+  std::string peer_name;
+  segment_fate fate = segment_fate::delivered;
+  std::string id;
+  std::string payload;
+  std::string
+      reason; // deadlettered: the reason class ("max_retry", "rejected:<why>", "http_<status>"); evicted: "evicted"
+};
+// Called on the writer thread after the commit that decided the fates, with
+// the events of that commit in the order they happened. Must be short and must
+// not call the store's *_wait functions.
+using fate_observer = std::function<void(std::vector<fate_event>&&)>;
+
 struct maintenance_result {
   std::uint64_t deadletter_purged = 0;
   std::uint64_t dedupe_expired = 0;
@@ -248,6 +268,13 @@ public:
   // with errc::unknown_peer for an id add_peer() did not return.
   void save_quota_state(peer_id peer, std::int64_t period_start_unix_ms, std::uint64_t used_bytes, done_callback done);
 
+  // Replaces the named record `key` (1..255 bytes; errc::invalid_argument
+  // otherwise) with `value`, durably: the callback runs after the commit, which
+  // with sync = full was fsynced. Records share the writer's transactions and
+  // its order: a put handed in before an enqueue commits in an earlier
+  // transaction or in the same one (and fails with it).
+  void put_record(std::string key, std::string value, done_callback done);
+
   // Blocking forms of the above, for tools and tests (never from the writer's callbacks).
   enqueue_result enqueue_wait(std::vector<segment_in> segments);
   boost::system::error_code ack_wait(peer_id peer, std::vector<std::uint64_t> keys);
@@ -258,6 +285,7 @@ public:
   result<maintenance_result> maintenance_wait();
   boost::system::error_code save_quota_state_wait(peer_id peer, std::int64_t period_start_unix_ms,
                                                   std::uint64_t used_bytes);
+  boost::system::error_code put_record_wait(std::string key, std::string value);
 
   // Reads up to max_segments / max_bytes (at least one segment if any is
   // ready, even when it alone exceeds max_bytes) of the peer's ready
@@ -275,6 +303,28 @@ public:
   // damaged record. Any thread (read-only transaction).
   result<std::optional<quota_record>> load_quota_state(peer_id peer) const;
   result<accounting_report> verify_accounting() const;
+  // The oldest created time (unix ms) among the peer's queued segments
+  // (leased ones included); nullopt when the queue is empty. A retried
+  // segment goes back to the tail, so the oldest can be anywhere: this scans
+  // the queue, reading at most `max_scan` records from the head; `complete`
+  // says whether it saw them all (if not, the result is the oldest of those
+  // it read: a lower bound on the age). errc::unknown_peer for an
+  // unregistered id. Any thread (read-only transaction).
+  struct oldest_result {
+    std::optional<std::int64_t> created_ms;
+    bool complete = true;
+  };
+  result<oldest_result> oldest_created_ms(peer_id peer, std::size_t max_scan = 100000) const;
+  // The last committed value of the named record; nullopt when it was never
+  // put. Any thread (read-only transaction).
+  result<std::optional<std::string>> get_record(std::string_view key) const;
+
+  // Reports what becomes of the segments of `stream` from the next commit on:
+  // acked (delivered), dead-lettered (with the reason class) and evicted. One
+  // stream and one observer (a later call replaces both; an empty stream or a
+  // null observer turns it off). While on, every ack, nack and eviction reads
+  // the header of the segment it touches. Any thread.
+  void set_fate_observer(std::string stream, fate_observer obs);
 
   const store_options& options() const noexcept;
   // Replaces max_retry and retry_backoff (config reload). Applies to the next
@@ -285,6 +335,11 @@ public:
   // Seconds the most recent commits took (with fsync), for the commit histogram.
   using commit_observer = std::function<void(double seconds, std::size_t requests)>;
   void set_commit_observer(commit_observer obs);
+  // Called on the writer thread after each commit that moved segments to the
+  // dead-letter store: once per (peer, reason) with how many ("max_retry",
+  // or the reason a reject() gave). Set it before the first write.
+  using deadletter_observer = std::function<void(peer_id peer, std::string_view reason, std::uint64_t count)>;
+  void set_deadletter_observer(deadletter_observer obs);
 
   struct impl;
 

@@ -1,15 +1,19 @@
 #include "relay/cli.hpp"
 #include "util/text.hpp"
 
+#include "relay/bench_tiers.hpp"
 #include "relay/config.hpp"
 #include "relay/demo.hpp"
 #include "relay/evidence_cli.hpp"
+#include "relay/evidence_run.hpp"
 #include "relay/http_client.hpp"
 #include "relay/impair_cli.hpp"
 #include "relay/node.hpp"
 #include "relay/producer.hpp"
 #include "relay/spool.hpp"
 #include "relay/store_demo.hpp"
+#include "relay/support_bundle.hpp"
+#include "telemetry/logging.hpp"
 #include "transport/pki.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
@@ -17,6 +21,8 @@
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
+#include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include <chrono>
 #include <csignal>
@@ -29,7 +35,23 @@ namespace edgerelay::relay {
 
 namespace {
 
-int cmd_run(const std::string& file) {
+// --log-format and --log-level of `run`, already checked by CLI11.
+struct log_options {
+  std::string format = "text";
+  std::string level = "info";
+};
+
+// Applies the log options to spdlog's default logger before any thread starts.
+void configure_logging(const log_options& o) {
+  telemetry::configure_default_logger(telemetry::parse_log_format(o.format).value_or(telemetry::log_format::text));
+  spdlog::set_level(spdlog::level::from_str(o.level == "warning" ? "warn" : o.level));
+}
+
+int cmd_run(const std::string& file, const log_options& lo) {
+  configure_logging(lo);
+  // In json mode every line on stderr is a JSON object (log shippers parse
+  // them all); in text mode the start-up lines stay plain as they always were.
+  const bool json_logs = lo.format == "json";
   auto cfg = load_config(file);
   if (!cfg) {
     std::cerr << to_string(cfg.error());
@@ -44,22 +66,38 @@ int cmd_run(const std::string& file) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   auto n = node::create(std::move(*cfg));
   if (!n) {
-    std::cerr << "edgerelay: " << n.error().message << "\n";
+    if (json_logs)
+      spdlog::critical("edgerelay: {}", n.error().message);
+    else
+      std::cerr << "edgerelay: " << n.error().message << "\n";
     return 1;
   }
   if (auto r = (*n)->start(); !r) {
-    std::cerr << "edgerelay: " << r.error().message << "\n";
+    if (json_logs)
+      spdlog::critical("edgerelay: {}", r.error().message);
+    else
+      std::cerr << "edgerelay: " << r.error().message << "\n";
     return 1;
   }
-  std::cerr << "edgerelay: node running: admin " << (*n)->address("admin");
+  std::string running = "edgerelay: node running: admin " + (*n)->address("admin");
   for (const char* l : {"ingest", "listen"})
-    if (auto a = (*n)->address(l); !a.empty()) std::cerr << ", " << l << " " << a;
-  std::cerr << std::endl;
+    if (auto a = (*n)->address(l); !a.empty()) running += std::string(", ") + l + " " + a;
+  if (json_logs)
+    spdlog::info("{}", running);
+  else
+    std::cerr << running << std::endl;
+  // systemd (Type=notify): the listeners are bound and the forwarders run.
+  // Without NOTIFY_SOCKET in the environment this does nothing.
+  sd_notify(0, "READY=1\nSTATUS=running");
   int sig = 0;
   // SIGHUP re-reads the config (as POST /v1/reload does); SIGINT/SIGTERM stop.
   while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
     (void)(*n)->reload(); // the node logs what it applied, what needs a restart, or why it refused
-  std::cerr << "edgerelay: stopping on signal " << sig << "\n";
+  if (json_logs)
+    spdlog::info("edgerelay: stopping on signal {}", sig);
+  else
+    std::cerr << "edgerelay: stopping on signal " << sig << "\n";
+  sd_notify(0, "STOPPING=1");
   (*n)->stop();
   return 0;
 }
@@ -284,6 +322,22 @@ int cmd_deadletter(const std::string& op, const dl_options& o) {
   return r->status == 200 ? 0 : 1;
 }
 
+int cmd_support_bundle(const support_bundle_options& o) {
+  auto r = write_support_bundle(o);
+  if (!r) {
+    std::cerr << "edgerelay support-bundle: " << r.error().message << "\n";
+    return 1;
+  }
+  std::size_t missing = 0;
+  for (auto& i : r->items)
+    missing += i.ok ? 0 : 1;
+  std::cout << "wrote " << r->written.string() << ": " << r->items.size() - missing << " items collected, " << missing
+            << " missing (see MANIFEST.txt)\n";
+  for (auto& i : r->items)
+    if (!i.ok) std::cout << "  missing " << i.name << ": " << i.note << "\n";
+  return 0;
+}
+
 } // namespace
 
 int run_cli(int argc, char** argv) {
@@ -294,6 +348,11 @@ int run_cli(int argc, char** argv) {
   std::string config_file;
   auto* run = app.add_subcommand("run", "Run a node in the foreground");
   run->add_option("--config", config_file, "Config file (TOML)")->required();
+  log_options logo;
+  run->add_option("--log-format", logo.format, "Log lines on stderr: text (default) or json (one object per line)")
+      ->check(CLI::IsMember({"text", "json"}));
+  run->add_option("--log-level", logo.level, "Least severe level logged (default info)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "warning", "error", "critical", "off"}));
   auto* check = app.add_subcommand("check-config", "Validate a config file; print every problem");
   check->add_option("--config", config_file, "Config file (TOML)")->required();
 
@@ -375,6 +434,19 @@ int run_cli(int argc, char** argv) {
     c->add_option("--older-than", dlo.older_than, "Entries dead-lettered longer ago than this, e.g. 7d");
   }
 
+  support_bundle_options sbo;
+  std::string sb_config, sb_out;
+  std::vector<std::string> sb_logs;
+  bool sb_no_journal = false;
+  auto* sb = app.add_subcommand("support-bundle",
+                                "Collect config (secrets redacted), status, metrics, logs, audit events, evidence "
+                                "and versions into one .tar.gz");
+  sb->add_option("--config", sb_config, "The node's config file (TOML)");
+  sb->add_option("--admin", sbo.admin, "Admin API URL (default: the config's admin.listen, else 127.0.0.1:9310)");
+  sb->add_option("--out", sb_out, "Where to write the bundle, e.g. support.tar.gz")->required();
+  sb->add_option("--log", sb_logs, "A log file the node's stderr goes to (repeatable); its tail is included");
+  sb->add_flag("--no-journal", sb_no_journal, "Do not read the systemd journal");
+
   impair_cli_options imo;
   auto* imp = app.add_subcommand("impair", "A TCP impairment proxy for tests: delay, jitter, rate, resets, blackhole");
   imp->add_option("--listen", imo.listen, "Listen on this loopback HOST:PORT (port 0: any free port)")->required();
@@ -394,6 +466,35 @@ int run_cli(int argc, char** argv) {
       evidence->add_subcommand("matrix", "Aggregate a folder of reports into matrix.md and relay-proof-report.json");
   ev_matrix->add_option("--in", evidence_in, "Folder of <claim>.json reports")->required();
   ev_matrix->add_option("--out", evidence_out, "Where to write the matrix (default: the --in folder)");
+  evidence_run_options ero;
+  auto* ev_run = evidence->add_subcommand("run", "Run the validation scenarios (real processes on loopback)");
+  ev_run->add_option("--out", ero.out, "Folder for the <claim>.json reports")->required();
+  ev_run->add_option("--claim", ero.claims, "Run only this claim's scenario (repeatable)");
+  ev_run->add_flag("--quick", ero.quick, "CI sizes: the whole run in a few minutes");
+  std::string ev_network = "loopback";
+  auto* ev_export = evidence->add_subcommand("export", "Write a node's canary soak record as RL-SOAK-01.json");
+  ev_export->add_option("--admin", admin, "Admin API URL of the node")->required();
+  ev_export->add_option("--out", evidence_out, "RL-SOAK-01.json, or a folder to write it into")->required();
+  ev_export->add_option("--network", ev_network, "The network the soak's peers used (default: loopback)");
+
+  bench_tiers_options bto;
+  std::string bench_out, bench_dir;
+  auto* bench = app.add_subcommand("bench", "Benchmarks of the whole path");
+  bench->require_subcommand(1);
+  auto* bench_tiers =
+      bench->add_subcommand("tiers", "End-to-end throughput tiers T1-T5 (RL-THRU-01), real nodes on loopback");
+  bench_tiers->add_option("--out", bench_out, "Write the results as JSON to this file");
+  bench_tiers->add_flag("--quick", bto.quick, "A few seconds per tier (CI)");
+  bench_tiers->add_option("--tiers", bto.tiers, "Only these tiers, e.g. T1,T3")->delimiter(',');
+  bench_tiers->add_option("--dir", bench_dir,
+                          "Work directory on a real disk (default: a temporary one, removed after)");
+  bench_tiers->add_flag("--keep", bto.keep, "Keep the work directory (node logs, spools)");
+  bench_tiers->add_option("--full-seconds", bto.full_seconds, "Length of the full-load phase (default 15, quick 2)")
+      ->check(CLI::Range(0.5, 3600.0));
+  bench_tiers->add_option("--half-seconds", bto.half_seconds, "Length of the half-load phase (default 10, quick 2)")
+      ->check(CLI::Range(0.5, 3600.0));
+  bench_tiers->add_option("--producers", bto.producers, "Producer connections per phase (default 2)")
+      ->check(CLI::Range(1u, 64u));
 
   try {
     app.parse(argc, argv);
@@ -401,7 +502,7 @@ int run_cli(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-  if (*run) return cmd_run(config_file);
+  if (*run) return cmd_run(config_file, logo);
   if (*check) return cmd_check(config_file);
   if (*dm) {
     if (!demo_dir.empty()) demo.dir = demo_dir;
@@ -430,7 +531,22 @@ int run_cli(int argc, char** argv) {
   if (*dl_purge) return cmd_deadletter("purge", dlo);
   if (*cat) return cmd_spool_cat(spool_dir, as_json);
   if (*imp) return cmd_impair(imo);
+  if (*bench_tiers) {
+    if (!bench_out.empty()) bto.out = bench_out;
+    if (!bench_dir.empty()) bto.dir = bench_dir;
+    return run_bench_tiers(bto);
+  }
+  if (*sb) {
+    if (!sb_config.empty()) sbo.config = sb_config;
+    sbo.out = sb_out;
+    for (auto& l : sb_logs)
+      sbo.logs.emplace_back(l);
+    sbo.journal = !sb_no_journal;
+    return cmd_support_bundle(sbo);
+  }
   if (*ev_matrix) return cmd_evidence_matrix(evidence_in, evidence_out.empty() ? evidence_in : evidence_out);
+  if (*ev_run) return cmd_evidence_run(ero);
+  if (*ev_export) return cmd_evidence_export(admin, evidence_out, ev_network);
   return 2;
 }
 

@@ -307,7 +307,7 @@ parsed<send_window> parse_send_window(std::string_view text) {
 using key_list = std::span<const std::string_view>;
 
 constexpr std::string_view k_root[] = {"node", "queue", "ingest", "listen", "admin", "peer", "evidence"};
-constexpr std::string_view k_node[] = {"id", "data_dir", "sync"};
+constexpr std::string_view k_node[] = {"id", "data_dir", "sync", "unready_before_cert_expiry", "audit_log"};
 constexpr std::string_view k_queue[] = {"max_bytes",
                                         "max_segment_bytes",
                                         "overflow",
@@ -702,6 +702,9 @@ void checker::read_node(const table_reader& root, node_config& cfg) {
   if (auto s =
           t->choice<queue::sync_mode>("sync", {{"full", queue::sync_mode::full}, {"none", queue::sync_mode::none}}))
     cfg.node.sync = *s;
+  if (auto v = t->duration("unready_before_cert_expiry", true)) cfg.node.unready_before_cert_expiry = *v;
+  if (auto a = t->path_value("audit_log", false, false)) cfg.node.audit_log = *a;
+  if (cfg.node.audit_log.empty() && !cfg.node.data_dir.empty()) cfg.node.audit_log = cfg.node.data_dir / "audit.log";
 }
 
 void checker::read_queue(const table_reader& root, node_config& cfg) {

@@ -12,7 +12,7 @@
 // Errors come in file order (by line); problems of the node as a whole (no
 // [node], no peer, no input, two listeners on one port) come last. Array
 // indices in key paths are 0-based (peer[0] is the first [[peer]]).
-// Relative paths in the file (data_dir, report_dir, cert, key, ca, crl)
+// Relative paths in the file (data_dir, audit_log, report_dir, cert, key, ca, crl)
 // resolve against the directory of the config file; every path in a
 // node_config is absolute and lexically normal.
 //
@@ -113,6 +113,10 @@ struct node_section {
   std::string id;                 // required; 1..64 bytes, no ':', no whitespace or control characters
   std::filesystem::path data_dir; // required; the LMDB environment
   queue::sync_mode sync = queue::sync_mode::full;
+  // GET /readyz answers 503 from this long before one of the node's own
+  // certificates (listener or peer client certificate) expires; 0: never.
+  std::chrono::milliseconds unready_before_cert_expiry{std::chrono::hours{24}};
+  std::filesystem::path audit_log; // the audit log (JSON lines); default: <data_dir>/audit.log
   friend bool operator==(const node_section&, const node_section&) = default;
 };
 

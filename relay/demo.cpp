@@ -88,7 +88,8 @@ int run_demo(const demo_options& o) {
                                "\nkey = " + q(pki->server_key) + "\nca = " + q(pki->ca_cert) +
                                "\ncrl = " + q(pki->crl) +
                                "\nallow = [\"URI:spiffe://edgerelay/edge/*\"]\n[admin]\nlisten = "
-                               "\"127.0.0.1:0\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" +
+                               "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = "
+                               "\"spool\"\nurl = \"file://" +
                                (dir / "hub" / "spool").string() + "\"\n";
   auto hub = start_node(hub_toml, "hub.toml", dir);
   if (!hub) {

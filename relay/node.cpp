@@ -3,8 +3,13 @@
 
 #include "bandwidth/limiter.hpp"
 #include "queue/store.hpp"
+#include "relay/canary_driver.hpp"
+#include "relay/file_watcher.hpp"
 #include "relay/http_client.hpp"
+#include "relay/node_metrics.hpp"
 #include "relay/spool.hpp"
+#include "telemetry/audit.hpp"
+#include "transport/detail/openssl.hpp"
 #include "transport/http_server.hpp"
 #include "transport/relay_codec.hpp"
 #include "transport/tls.hpp"
@@ -17,12 +22,16 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/json.hpp>
+#include <openssl/pem.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
@@ -69,6 +78,18 @@ const char* state_name(int s) {
   return names[s];
 }
 
+// node.audit_log, its directory created if absent.
+boost::system::result<std::unique_ptr<telemetry::audit_log>, error> open_audit_log(const node_config& c,
+                                                                                   util::clock& clk) {
+  std::error_code ec;
+  std::filesystem::create_directories(c.node.audit_log.parent_path(), ec);
+  if (ec)
+    return error{ec, "node.audit_log: cannot create " + c.node.audit_log.parent_path().string() + ": " + ec.message()};
+  auto a = telemetry::audit_log::open(c.node.audit_log, c.node.id, clk);
+  if (!a) return error{a.error().code, "node.audit_log: " + a.error().message};
+  return std::move(*a);
+}
+
 bandwidth::policy to_policy(const bandwidth_section& b) {
   bandwidth::policy p;
   p.rate_bytes_per_s = b.rate;
@@ -93,6 +114,11 @@ public:
   // Applies settings that need no new connection (window, batch_max_bytes,
   // dial_timeout, ack_timeout, streams, bandwidth); any thread.
   virtual void reconfigure(const peer_section& p) = 0;
+  // The TLS material its connections use (null for file:// sinks).
+  virtual transport::tls_material* tls() { return nullptr; }
+  // The material was reloaded: check the live connection's server against
+  // the new trust material and close it if it is no longer trusted. Any thread.
+  virtual void recheck_peer() {}
 };
 
 // What a peer's forwarder shares with the node and outlives a forwarder that
@@ -102,6 +128,7 @@ struct peer_shared {
   std::atomic<std::uint64_t> wire_bytes{0};         // on the wire: after compression, framing included
   std::atomic<std::uint64_t> uncompressed_bytes{0}; // the same messages before compression
   std::atomic<std::uint64_t> quota_saved_version{0};
+  peer_metrics metrics; // this peer's series on the delivery path
 };
 
 // One configured peer at run time. Immutable once published in
@@ -122,15 +149,17 @@ struct node::impl {
   node_config cfg;
   util::clock* clk;
   unsigned threads;
+  // Before the store and everything else: the store's observers and the
+  // forwarders keep references into it.
+  node_metrics mx;
   std::unique_ptr<queue::store> store;
-  mutable std::mutex live_mu; // guards peers and live (copy the pointer, then read without the lock)
+  // The canary soak (relay/canary_driver.hpp): after the store, so it goes first.
+  std::shared_ptr<canary_driver> canary;
+  std::unique_ptr<telemetry::audit_log> audit; // node.audit_log; opened by create(), never null after it
+  mutable std::mutex live_mu;                  // guards peers and live (copy the pointer, then read without the lock)
   std::shared_ptr<const peer_list> peers = std::make_shared<peer_list>();
   std::shared_ptr<const node_config> live; // the config in force (after reloads)
   std::mutex reload_mu;                    // one reload at a time
-  std::atomic<std::uint64_t> handshake_failures{0};
-  mutable std::mutex refused_mu;
-  // (listener or "peer:<name>", reason) -> TLS handshakes / authorisations refused
-  std::map<std::pair<std::string, std::string>, std::uint64_t> refused_by_reason;
   // Declared before io on purpose: members are destroyed in reverse order, so
   // the io_context (and with it every pending handler that still holds a
   // session) goes first, while the handlers and TLS material those sessions
@@ -142,6 +171,33 @@ struct node::impl {
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
   std::vector<std::thread> pool;
   std::optional<net::steady_timer> quota_timer;
+  std::optional<net::steady_timer> watchdog_timer;
+  std::optional<net::steady_timer> maintenance_timer;
+
+  // TLS material by name ("listen", "ingest", "admin", "peer:<name>"): what
+  // rotations did to it. Guarded by tls_mu.
+  struct tls_slot {
+    std::uint64_t rotations = 0, failures = 0;
+    std::string last_error; // the last failed reload, until a reload succeeds
+    std::int64_t last_rotation_ms = 0;
+    std::uint64_t fingerprint = 0;  // of the contents of the files in force
+    std::uint64_t crl_checksum = 0; // of the CRL file alone (a CRL reload is its own audit event)
+  };
+  mutable std::mutex tls_mu;
+  std::mutex tls_refresh_mu; // one refresh at a time (the watcher's thread, reloads)
+  std::map<std::string, tls_slot> tls_slots;
+  std::unique_ptr<file_watcher> watcher;
+  // Live relay sessions on the TLS listeners, to close those whose client a
+  // reloaded CRL or CA no longer trusts.
+  struct live_session {
+    std::string listener;
+    std::weak_ptr<transport::ws_channel> ch;
+    std::shared_ptr<const transport::peer_certificates> certs;
+    std::string who;
+  };
+  std::mutex sessions_mu;
+  std::vector<live_session> sessions;
+  std::chrono::microseconds watchdog_interval{0};
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
 
   std::shared_ptr<const peer_list> peers_now() const {
@@ -184,14 +240,67 @@ struct node::impl {
       schedule_quota_save();
     });
   }
+  // Dead-letter retention and dedupe-window expiry (store::maintenance), at a
+  // tenth of the shorter of the two, between 1 s and 60 s.
+  std::chrono::milliseconds maintenance_interval() const {
+    auto shorter = std::min(cfg.queue.deadletter_retention, cfg.queue.dedupe_window);
+    return std::clamp<std::chrono::milliseconds>(shorter / 10, 1s, 60s);
+  }
+  void schedule_maintenance() {
+    maintenance_timer->expires_after(maintenance_interval());
+    maintenance_timer->async_wait([this](sys_ec ec) {
+      if (ec) return;
+      store->maintenance([](const auto& r) {
+        if (!r)
+          spdlog::error("store maintenance failed: {}", r.error().message());
+        else if (r->deadletter_purged)
+          spdlog::info("dead-letter retention: {} segment(s) older than queue.deadletter_retention purged",
+                       r->deadletter_purged);
+      });
+      schedule_maintenance();
+    });
+  }
+  // systemd's watchdog (WatchdogSec=): pinged from the event loop at half
+  // the interval, so a loop that stops turning stops the pings.
+  void schedule_watchdog() {
+    watchdog_timer->expires_after(watchdog_interval / 2);
+    watchdog_timer->async_wait([this](sys_ec ec) {
+      if (ec) return;
+      sd_notify(0, "WATCHDOG=1");
+      schedule_watchdog();
+    });
+  }
   boost::system::result<std::shared_ptr<forwarder>, error> make_forwarder(const peer_section& p, queue::peer_id id,
                                                                           std::shared_ptr<peer_shared> shared);
   boost::system::result<reload_report, config_errors> reload();
+  // A TLS handshake or authorisation refused: by a listener, or "peer:<name>"
+  // for a server this node refused as a client.
   void count_refused(std::string_view listener, std::string_view reason) {
-    ++handshake_failures;
-    std::lock_guard lk(refused_mu);
-    ++refused_by_reason[{std::string(listener), std::string(reason)}];
+    mx.m.tls_handshake_failures.labels({listener, reason}).inc();
   }
+  std::shared_ptr<peer_shared> new_peer_shared(const std::string& name) {
+    auto sh = std::make_shared<peer_shared>();
+    sh->metrics = mx.for_peer(name);
+    return sh;
+  }
+  std::int64_t now_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clk->system_now().time_since_epoch()).count();
+  }
+  void collect_metrics();
+
+  transport::tls_material* tls_material_of(const std::string& name, std::shared_ptr<forwarder>& keep) const;
+  std::vector<watch_group> watch_groups() const;
+  // Re-reads the named material's files; when their contents changed, builds
+  // the new context (the old one stays on failure), counts the rotation and
+  // re-checks the live sessions it authenticates. Any thread.
+  // Returns 0 unchanged (or first sight), 1 applied, -1 refused (message says why).
+  int refresh_tls(const std::string& name, const char* cause, std::string* message = nullptr);
+  void refresh_all_tls(const char* cause);
+  void track_session(const char* listener, const std::shared_ptr<transport::ws_channel>& ch,
+                     const transport::connection_info& who);
+  void recheck_sessions(const std::string& listener, const transport::tls_material& m);
+  json::array tls_status() const;
+  std::vector<std::string> readiness_problems() const;
   json::object status() const;
   std::string metrics() const;
 };
@@ -354,6 +463,7 @@ private:
           state_ = backing_off;
         }
         spdlog::error("peer {}: {}", name_, r.error().message);
+        shared_->metrics.attempt(attempt_result::error);
         n_.store->nack_wait(id_, keys, r.error().message);
         std::unique_lock lk(mu_);
         cv_.wait_for(lk, 1s, [&] { return stopping_; });
@@ -363,7 +473,12 @@ private:
       if (auto ec = n_.store->ack_wait(id_, keys)) {
         std::lock_guard lk(mu_);
         last_error_ = "ack after spool write failed: " + ec.message();
+        continue;
       }
+      shared_->metrics.attempt(attempt_result::ok);
+      const auto now = n_.now_ms();
+      for (auto& sg : b->segments)
+        shared_->metrics.delivered(sg.created_ms, now);
     }
   }
 
@@ -384,6 +499,7 @@ public:
                   std::unique_ptr<transport::tls_material> tls)
       : threaded_forwarder(n, p, id, std::move(shared)), tls_(std::move(tls)) {}
   ~https_forwarder() override { stop(); }
+  transport::tls_material* tls() override { return tls_.get(); } // each POST is a new connection
 
   void start() override {
     state_ = connecting;
@@ -437,7 +553,12 @@ private:
         last_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
       }
       if (r && r->status >= 200 && r->status < 300) {
-        n_.store->ack_wait(id_, keys);
+        if (!n_.store->ack_wait(id_, keys)) {
+          shared_->metrics.attempt(attempt_result::ok);
+          const auto now = n_.now_ms();
+          for (auto& sg : b->segments)
+            shared_->metrics.delivered(sg.created_ms, now);
+        }
         failures = 0;
         std::lock_guard lk(mu_);
         state_ = connected;
@@ -448,12 +569,14 @@ private:
         std::vector<queue::rejected_item> items;
         for (auto k : keys)
           items.push_back({k, "http_" + std::to_string(r->status), why});
+        shared_->metrics.attempt(attempt_result::rejected);
         n_.store->reject_wait(id_, std::move(items));
         std::lock_guard lk(mu_);
         last_error_ = why;
         continue;
       }
       spdlog::warn("peer {}: {}", cfg.name, why);
+      shared_->metrics.attempt(attempt_result::error);
       n_.store->nack_wait(id_, keys, why);
       {
         std::lock_guard lk(mu_);
@@ -531,7 +654,26 @@ private:
   struct inflight {
     std::vector<std::uint64_t> keys;
     std::chrono::steady_clock::time_point sent;
+    std::vector<std::int64_t> created_ms; // per key, for the delivery latency
   };
+
+  transport::tls_material* tls() override { return tls_.get(); }
+  void recheck_peer() override {
+    net::post(strand_, [self = shared_from_this()] {
+      if (!self->ch_) return;
+      auto certs = self->ch_->peer_certs();
+      if (!certs) return;
+      std::string detail;
+      auto f = certs->reverify(*self->tls_->current(), &detail);
+      if (f == transport::tls_failure::none) return;
+      std::string why = std::string("the server's certificate is no longer trusted after the TLS material was "
+                                    "reloaded (") +
+                        transport::to_string(f) + "): " + detail;
+      spdlog::warn("peer {}: {}", self->cfg_.name, why);
+      self->n_.mx.sessions_closed.labels({"peer:" + self->cfg_.name, transport::to_string(f)}).inc();
+      self->ch_->close(why);
+    });
+  }
 
   void set_state(int s, std::string err = {}) {
     std::lock_guard lk(mu_);
@@ -559,7 +701,11 @@ private:
     }
     if (!r) {
       spdlog::warn("peer {}: {}", cfg_.name, r.error().message);
-      if (r.error().reason.rfind("tls:", 0) == 0) n_.count_refused("peer:" + cfg_.name, r.error().reason.substr(4));
+      if (r.error().reason.rfind("tls:", 0) == 0) {
+        n_.count_refused("peer:" + cfg_.name, r.error().reason.substr(4));
+        n_.audit->auth_denied("peer:" + cfg_.name, cfg_.host + ":" + std::to_string(cfg_.port), "",
+                              r.error().reason.substr(4), r.error().message);
+      }
       fail_attempt(r.error().message);
       return backoff(r.error().message);
     }
@@ -601,6 +747,7 @@ private:
     std::vector<std::uint64_t> keys;
     for (auto& s : b->segments)
       keys.push_back(s.key);
+    shared_->metrics.attempt(attempt_result::unreachable);
     n_.store->nack(id_, std::move(keys), why, nullptr);
   }
 
@@ -649,13 +796,17 @@ private:
       return ch_->close("ACK for unknown batch " + std::to_string(a.batch_number));
     std::vector<std::uint64_t> ok;
     std::vector<queue::rejected_item> rejected;
+    const auto now = n_.now_ms();
     for (std::size_t i = 0; i < a.results.size(); ++i) {
-      if (a.results[i].status == transport::ack_status::rejected)
+      if (a.results[i].status == transport::ack_status::rejected) {
         rejected.push_back({it->second.keys[i], "rejected:" + std::string(a.results[i].reason),
                             "the peer rejected it: " + std::string(a.results[i].reason)});
-      else
+      } else {
         ok.push_back(it->second.keys[i]);
+        shared_->metrics.delivered(it->second.created_ms[i], now);
+      }
     }
+    shared_->metrics.attempt(rejected.empty() ? attempt_result::ok : attempt_result::rejected);
     if (!ok.empty()) n_.store->ack(id_, std::move(ok), nullptr);
     if (!rejected.empty()) n_.store->reject(id_, std::move(rejected), nullptr);
     inflight_.erase(it);
@@ -697,7 +848,8 @@ private:
       lim.consume(wire);
       shared_->wire_bytes += wire;
       shared_->uncompressed_bytes += pending_->uncompressed_bytes;
-      inflight_[pending_->number] = {std::move(pending_->keys), std::chrono::steady_clock::now()};
+      inflight_[pending_->number] = {std::move(pending_->keys), std::chrono::steady_clock::now(),
+                                     std::move(pending_->created_ms)};
       pending_.reset();
     }
   }
@@ -707,10 +859,12 @@ private:
   bool encode(queue::batch& b) {
     std::vector<transport::segment_record> recs;
     std::vector<std::uint64_t> keys;
+    std::vector<std::int64_t> created;
     std::uint64_t raw = transport::batch_header_bytes;
     for (auto& sg : b.segments) {
       recs.push_back({sg.id, sg.stream, sg.created_ms, sg.checksum, sg.payload});
       keys.push_back(sg.key);
+      created.push_back(sg.created_ms);
       raw += transport::encoded_size(recs.back());
     }
     std::string out;
@@ -734,7 +888,8 @@ private:
     }
     ++next_batch_;
     std::uint64_t wire = transport::ws_wire_bytes(out.size(), true);
-    pending_ = pending_batch{num, std::move(out), std::move(keys), wire, transport::ws_wire_bytes(raw, true)};
+    pending_ = pending_batch{
+        num, std::move(out), std::move(keys), wire, transport::ws_wire_bytes(raw, true), std::move(created)};
     return true;
   }
 
@@ -764,8 +919,10 @@ private:
 
   void on_tick() {
     auto now = std::chrono::steady_clock::now();
-    if (ch_ && !inflight_.empty() && now - inflight_.begin()->second.sent > cfg_.ack_timeout)
+    if (ch_ && !inflight_.empty() && now - inflight_.begin()->second.sent > cfg_.ack_timeout) {
+      ack_timed_out_ = true;
       return ch_->close("no ACK within ack_timeout (" + std::to_string(cfg_.ack_timeout.count()) + " ms)");
+    }
     pump();
   }
 
@@ -782,9 +939,12 @@ private:
       pending_.reset();
     }
     // Everything unacknowledged failed this attempt; it is retried.
-    for (auto& [num, f] : inflight_)
+    for (auto& [num, f] : inflight_) {
+      shared_->metrics.attempt(ack_timed_out_ ? attempt_result::timeout : attempt_result::error);
       n_.store->nack(id_, std::move(f.keys), "connection lost: " + why, nullptr);
+    }
     inflight_.clear();
+    ack_timed_out_ = false;
     if (stopping_) return;
     spdlog::warn("peer {}: connection closed: {}", cfg_.name, why);
     backoff("connection closed: " + why);
@@ -806,6 +966,7 @@ private:
     std::vector<std::uint64_t> keys;
     std::uint64_t wire_bytes;         // message + WebSocket frame
     std::uint64_t uncompressed_bytes; // what it would have been without compression
+    std::vector<std::int64_t> created_ms;
   };
 
   node::impl& n_;
@@ -817,6 +978,7 @@ private:
   net::steady_timer timer_, tick_, hold_timer_;
   std::optional<pending_batch> pending_;
   bool handshake_done_ = false;
+  bool ack_timed_out_ = false; // the connection is being closed because an ACK did not come in time
   std::shared_ptr<transport::ws_channel> ch_;
   std::uint64_t generation_ = 0;
   transport::hello hello_;
@@ -845,7 +1007,10 @@ private:
 // their origin id and created time, which are kept. On the ingest listener
 // the sender is a producer: this node is the origin, so a record must come
 // without an id (rejected "id_not_allowed" otherwise), gets its id and
-// created time here, and may not use the reserved stream "_canary".
+// created time here, and may not use the reserved stream "_canary". On the
+// relay listener a "_canary" record is another node's canary: the node's
+// canary verifier checks it and it is acknowledged here, never stored or
+// forwarded (docs/soak.md, "Receiving canaries").
 enum class receiver_role { relay, ingest };
 
 class relay_receiver : public std::enable_shared_from_this<relay_receiver> {
@@ -912,8 +1077,9 @@ private:
       std::shared_ptr<std::string> msg;
       transport::batch batch;
       std::vector<std::vector<queue::peer_id>> routes;
-      std::vector<int> slot; // record index -> enqueue index, or -1 when rejected here
+      std::vector<int> slot; // record index -> enqueue index, or -1 when rejected or a canary
       std::vector<std::string> reasons;
+      std::vector<bool> canary; // a `_canary` record from another node: verified and answered here, not stored
     };
     auto p = std::make_shared<pending>();
     p->msg = std::move(msg);
@@ -922,6 +1088,7 @@ private:
     p->routes.resize(recs.size());
     p->slot.assign(recs.size(), -1);
     p->reasons.resize(recs.size());
+    p->canary.assign(recs.size(), false);
     std::vector<queue::segment_in> segs;
     auto routing = n_.peers_now();
     for (std::size_t i = 0; i < recs.size(); ++i) {
@@ -941,9 +1108,15 @@ private:
         p->reasons[i] = "empty";
       else if (r.payload.size() > n_.cfg.queue.max_segment_bytes)
         p->reasons[i] = "too_large";
-      else if ((p->routes[i] = node::impl::route(*routing, r.stream)).empty())
+      else if (r.stream == canary_stream) {
+        p->canary[i] = true; // docs/soak.md, "Receiving canaries"
+        continue;
+      } else if ((p->routes[i] = node::impl::route(*routing, r.stream)).empty())
         p->reasons[i] = "no_route";
-      if (!p->reasons[i].empty()) continue;
+      if (!p->reasons[i].empty()) {
+        n_.mx.rejected(p->reasons[i]);
+        continue;
+      }
       p->slot[i] = static_cast<int>(segs.size());
       if (producer)
         segs.push_back({r.stream, r.payload, p->routes[i], {}, 0, r.checksum});
@@ -956,7 +1129,16 @@ private:
       a.batch_number = p->batch.number;
       for (std::size_t i = 0; i < p->batch.records.size(); ++i) {
         transport::segment_result sr;
-        if (p->slot[i] < 0) {
+        if (p->canary[i]) {
+          auto& rec = p->batch.records[i];
+          auto v = self->n_.canary->on_canary_received(rec.id, rec.payload);
+          if (v == verify_event::corrupt) {
+            sr.status = transport::ack_status::rejected;
+            sr.reason = "bad_canary";
+          } else {
+            sr.status = v == verify_event::duplicate ? transport::ack_status::duplicate : transport::ack_status::ok;
+          }
+        } else if (p->slot[i] < 0) {
           sr.status = transport::ack_status::rejected;
           sr.reason = p->reasons[i];
         } else {
@@ -971,8 +1153,10 @@ private:
       if (auto ch = self->ch_.lock()) ch->send(std::move(out));
     };
     if (segs.empty()) return finish(nullptr);
-    n_.store->enqueue(std::move(segs), [self, p, finish](queue::enqueue_result&& r) {
+    auto count = segs.size();
+    n_.store->enqueue(std::move(segs), [self, p, finish, count](queue::enqueue_result&& r) {
       if (r.ec) {
+        self->n_.mx.rejected(r.ec == errc::queue_full ? "queue_full" : "store_unavailable", count);
         spdlog::warn("relay from {}: batch not stored: {}", self->who_, r.message);
         auto ch = self->ch_.lock();
         if (!ch) return;
@@ -982,6 +1166,19 @@ private:
         ch->close(r.message);
         return;
       }
+      // Counted per run of one stream (one label lookup per run, not per segment).
+      std::string_view run_stream;
+      std::uint64_t run = 0;
+      for (std::size_t i = 0; i < p->batch.records.size(); ++i) {
+        if (p->slot[i] < 0 || r.status[static_cast<std::size_t>(p->slot[i])] != queue::item_status::stored) continue;
+        if (run && p->batch.records[i].stream != run_stream) {
+          self->n_.mx.accepted(run_stream, run);
+          run = 0;
+        }
+        run_stream = p->batch.records[i].stream;
+        ++run;
+      }
+      if (run) self->n_.mx.accepted(run_stream, run);
       finish(&r);
       self->n_.notify_all();
     });
@@ -1024,59 +1221,81 @@ public:
     if (slash == std::string_view::npos) return r.send_error(404, "not_found", "no such endpoint: " + std::string(t));
     std::string stream(rest.substr(0, slash));
     auto what = rest.substr(slash + 1);
-    if (!queue::valid_stream_name(stream) || stream == canary_stream)
+    if (!queue::valid_stream_name(stream) || stream == canary_stream) {
+      n_.mx.rejected("bad_stream");
       return r.send_error(400, "bad_stream", "stream \"" + stream + "\" must match [a-z0-9._-]{1,64}");
+    }
     auto peers = n_.route(stream);
-    if (peers.empty()) return r.send_error(404, "no_route", "no peer routes stream \"" + stream + "\"");
+    if (peers.empty()) {
+      n_.mx.rejected("no_route");
+      return r.send_error(404, "no_route", "no peer routes stream \"" + stream + "\"");
+    }
     auto body = std::make_shared<std::string>(std::move(req.body()));
     auto routes = std::make_shared<std::vector<queue::peer_id>>(std::move(peers));
     auto sname = std::make_shared<std::string>(stream);
     std::vector<queue::segment_in> segs;
     if (what == "segments") {
-      if (body->empty()) return r.send_error(400, "empty", "a segment needs at least one byte");
+      if (body->empty()) {
+        n_.mx.rejected("empty");
+        return r.send_error(400, "empty", "a segment needs at least one byte");
+      }
       segs.push_back({*sname, *body, *routes});
     } else if (what == "batch") {
       util::reader rd(*body);
       while (rd.remaining() > 0) {
         auto len = rd.u32();
         auto p = rd.bytes(len);
-        if (!rd.ok())
+        if (!rd.ok()) {
+          n_.mx.rejected("malformed");
           return r.send_error(400, "malformed",
                               "batch body: segment " + std::to_string(segs.size()) +
                                   " is cut short (each segment is a 4-byte big-endian length, then the payload)");
-        if (len == 0)
+        }
+        if (len == 0) {
+          n_.mx.rejected("empty");
           return r.send_error(400, "empty", "batch body: segment " + std::to_string(segs.size()) + " is empty");
+        }
         segs.push_back({*sname, p, *routes});
       }
-      if (segs.empty()) return r.send_error(400, "empty", "batch body holds no segment");
+      if (segs.empty()) {
+        n_.mx.rejected("empty");
+        return r.send_error(400, "empty", "batch body holds no segment");
+      }
     } else {
       return r.send_error(404, "not_found", "no such endpoint: " + std::string(t));
     }
     for (auto& s : segs)
-      if (s.payload.size() > n_.cfg.queue.max_segment_bytes)
+      if (s.payload.size() > n_.cfg.queue.max_segment_bytes) {
+        n_.mx.rejected("too_large", segs.size());
         return r.send_error(413, "too_large",
                             "segment of " + std::to_string(s.payload.size()) + " bytes exceeds max_segment_bytes (" +
                                 std::to_string(n_.cfg.queue.max_segment_bytes) + ")");
+      }
     bool batch = what == "batch";
     auto rp = std::make_shared<transport::responder>(std::move(r));
     auto& node_id = n_.cfg.node.id;
-    n_.store->enqueue(std::move(segs), [this, rp, body, routes, sname, batch, node_id](queue::enqueue_result&& res) {
-      if (res.ec) {
-        unsigned status = res.ec == errc::queue_full ? 507 : res.ec == errc::timeout ? 429 : 503;
-        return rp->send_error(status, res.ec == errc::queue_full ? "queue_full" : "store_unavailable", res.message);
-      }
-      json::object o;
-      if (batch) {
-        json::array ids;
-        for (std::size_t i = 0; i < res.status.size(); ++i)
-          ids.push_back(json::value(node_id + ":" + std::to_string(res.first_seq + i)));
-        o["ids"] = std::move(ids);
-      } else {
-        o["id"] = node_id + ":" + std::to_string(res.first_seq);
-      }
-      rp->send_json(201, json_str(o));
-      n_.notify_all();
-    });
+    auto count = segs.size();
+    n_.store->enqueue(
+        std::move(segs), [this, rp, body, routes, sname, batch, node_id, count](queue::enqueue_result&& res) {
+          if (res.ec) {
+            unsigned status = res.ec == errc::queue_full ? 507 : res.ec == errc::timeout ? 429 : 503;
+            n_.mx.rejected(status == 503 ? "store_unavailable" : "queue_full", count);
+            return rp->send_error(status, res.ec == errc::queue_full ? "queue_full" : "store_unavailable", res.message);
+          }
+          json::object o;
+          if (batch) {
+            json::array ids;
+            for (std::size_t i = 0; i < res.status.size(); ++i)
+              ids.push_back(json::value(node_id + ":" + std::to_string(res.first_seq + i)));
+            o["ids"] = std::move(ids);
+          } else {
+            o["id"] = node_id + ":" + std::to_string(res.first_seq);
+          }
+          n_.mx.accepted(*sname, static_cast<std::uint64_t>(
+                                     std::count(res.status.begin(), res.status.end(), queue::item_status::stored)));
+          rp->send_json(201, json_str(o));
+          n_.notify_all();
+        });
   }
   // Fast producers: the relay protocol on the ingest listener (see
   // docs/protocol.md, "Producers").
@@ -1084,13 +1303,15 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
+    if (who.peer_certs) n_.track_session("ingest", ch, who);
     std::make_shared<relay_receiver>(n_, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity,
                                      receiver_role::ingest)
         ->start();
   }
-  void on_refused(const net::ip::tcp::endpoint& remote, std::string_view reason, std::string_view detail) override {
+  void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
     n_.count_refused("ingest", reason);
-    spdlog::warn("ingest listener refused {}: {} ({})", remote.address().to_string(), reason, detail);
+    spdlog::warn("ingest listener refused {}: {} ({})", who.remote.address().to_string(), reason, detail);
+    n_.audit->auth_denied("ingest", who.remote.address().to_string(), who.identity, reason, detail);
   }
 
 private:
@@ -1108,13 +1329,15 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
+    n_.track_session("listen", ch, who);
     std::make_shared<relay_receiver>(n_, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity,
                                      receiver_role::relay)
         ->start();
   }
-  void on_refused(const net::ip::tcp::endpoint& remote, std::string_view reason, std::string_view detail) override {
+  void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
     n_.count_refused("listen", reason);
-    spdlog::warn("relay listener refused {}: {} ({})", remote.address().to_string(), reason, detail);
+    spdlog::warn("relay listener refused {}: {} ({})", who.remote.address().to_string(), reason, detail);
+    n_.audit->auth_denied("listen", who.remote.address().to_string(), who.identity, reason, detail);
   }
 
 private:
@@ -1124,25 +1347,38 @@ private:
 class admin_handler final : public transport::http_handler {
 public:
   explicit admin_handler(node::impl& n) : n_(n) {}
-  void on_request(transport::http_request&& req, const transport::connection_info&, transport::responder r) override {
+  void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
+    spdlog::warn("admin listener refused {}: {} ({})", who.remote.address().to_string(), reason, detail);
+    n_.audit->auth_denied("admin", who.remote.address().to_string(), who.identity, reason, detail);
+  }
+  void on_request(transport::http_request&& req, const transport::connection_info& who,
+                  transport::responder r) override {
     namespace http = boost::beast::http;
     std::string_view t = req.target();
     auto q = t.find('?');
     std::string_view path = t.substr(0, q), query = q == std::string_view::npos ? "" : t.substr(q + 1);
     bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
     if (get && path == "/healthz") return r.send_json(200, R"({"status":"ok"})");
-    if (get && path == "/readyz") return r.send_json(200, R"({"ready":true})");
+    if (get && path == "/readyz") {
+      auto problems = n_.readiness_problems();
+      json::array why;
+      for (auto& p : problems)
+        why.push_back(json::value(p));
+      return r.send_json(problems.empty() ? 200 : 503,
+                         json_str(json::object{{"ready", problems.empty()}, {"problems", std::move(why)}}));
+    }
     if (get && path == "/v1/status") return r.send_json(200, json_str(n_.status()));
     if (get && path == "/metrics") {
       http::response<http::string_body> res{http::status::ok, 11};
-      res.set(http::field::content_type, "text/plain; version=0.0.4");
+      res.set(http::field::content_type, telemetry::registry::content_type);
       res.body() = n_.metrics();
       return r.send(std::move(res));
     }
     if (get && path == "/v1/deadletter") return list(query, std::move(r));
+    if (get && path == "/v1/evidence/soak") return r.send_json(200, json_str(n_.canary->soak_report()));
     if (post && path == "/v1/reload") return reload(std::move(r));
     if (post && (path == "/v1/deadletter/retry" || path == "/v1/deadletter/purge"))
-      return dl_op(path.ends_with("retry"), req.body(), std::move(r));
+      return dl_op(path.ends_with("retry"), req.body(), who, std::move(r));
     r.send_error(404, "not_found", "no such endpoint: " + std::string(req.method_string()) + " " + std::string(path));
   }
 
@@ -1204,7 +1440,7 @@ private:
     r.send_json(200, json_str(to_json(*rep)));
   }
 
-  void dl_op(bool retry, const std::string& body, transport::responder r) {
+  void dl_op(bool retry, const std::string& body, const transport::connection_info& who, transport::responder r) {
     boost::system::error_code ec;
     auto v = json::parse(body.empty() ? std::string("{}") : body, ec);
     if (ec || !v.is_object())
@@ -1221,12 +1457,16 @@ private:
       sel.older_than = std::chrono::milliseconds(static_cast<std::int64_t>(old->to_number<double>() * 1000));
     if (auto* p = o.if_contains("peer"); p && p->is_string()) sel.peer = std::string(p->as_string());
     auto rp = std::make_shared<transport::responder>(std::move(r));
-    auto done = [this, rp, retry](result<std::uint64_t> n) {
+    auto filter = std::make_shared<json::object>(o);
+    telemetry::audit_actor actor{who.remote.address().to_string(), who.identity};
+    auto done = [this, rp, retry, filter, actor](result<std::uint64_t> n) {
       if (!n) {
+        n_.audit->deadletter_op_failed(retry ? "retry" : "purge", actor, *filter, n.error().message());
         if (n.error() == errc::invalid_argument)
           return rp->send_error(400, "bad_selector", "say exactly one of ids, all or older_than_s");
         return rp->send_error(n.error() == errc::queue_full ? 507 : 503, "failed", n.error().message());
       }
+      n_.audit->deadletter_op(retry ? "retry" : "purge", actor, *filter, *n);
       rp->send_json(200, json_str(json::object{{retry ? "retried" : "purged", *n}}));
       if (retry) n_.notify_all();
     };
@@ -1326,67 +1566,59 @@ json::object node::impl::status() const {
                             {"overflow", queue::to_string(cfg.queue.overflow)}};
   o["peers"] = std::move(peers_json);
   o["deadletter"] = json::object{{"segments", st.deadletter_segments}, {"bytes", st.deadletter_bytes}};
-  json::array tls;
-  auto add_tls = [&](const std::string& name, const std::filesystem::path& cert) {
-    if (cert.empty()) return;
-    if (auto ci = transport::read_cert_info(cert))
-      tls.push_back(json::object{{"name", name}, {"not_after", ci->not_after_unix}, {"rotations", 0}});
-  };
-  if (conf->listen) add_tls("listen", conf->listen->tls.files.cert);
-  if (conf->ingest && conf->ingest->tls) add_tls("ingest", conf->ingest->tls->files.cert);
-  for (auto& p : conf->peers)
-    if (p.kind != peer_kind::file) add_tls(p.name, p.tls.cert);
-  o["tls"] = std::move(tls);
+  o["tls"] = tls_status();
+  o["soak"] = canary->status_json();
   return o;
 }
 
-std::string node::impl::metrics() const {
+// Runs at the start of every scrape: what the store and the forwarders keep
+// themselves is published into the registry here, once per scrape.
+void node::impl::collect_metrics() {
   auto st = store->stats();
   auto ps = peers_now();
-  std::string out;
-  auto line = [&](const std::string& s) { out += s + "\n"; };
-  line("# HELP edgerelay_segments_accepted_total Segments newly stored by this node.");
-  line("# TYPE edgerelay_segments_accepted_total counter");
-  line("edgerelay_segments_accepted_total " + std::to_string(st.accepted));
-  // One metric family with a value per peer.
-  auto per_peer = [&](const char* name, const char* type, const char* help, auto value) {
-    line(std::string("# HELP ") + name + " " + help);
-    line(std::string("# TYPE ") + name + " " + type);
-    for (auto& p : st.peers)
-      line(std::string(name) + "{peer=\"" + p.name + "\"} " + std::to_string(value(p.counters)));
-  };
-  per_peer("edgerelay_segments_delivered_total", "counter", "Segments delivered to a peer.",
-           [](const queue::peer_counters& c) { return c.delivered; });
-  per_peer("edgerelay_segments_evicted_total", "counter", "Segments evicted by the overflow policy.",
-           [](const queue::peer_counters& c) { return c.evicted; });
-  per_peer("edgerelay_queue_segments", "gauge", "Segments queued for a peer.",
-           [](const queue::peer_counters& c) { return c.queued; });
-  per_peer("edgerelay_queue_bytes", "gauge", "Bytes queued for a peer.",
-           [](const queue::peer_counters& c) { return c.queued_bytes; });
-  line("# HELP edgerelay_bytes_sent_total Bytes sent to a peer on the wire (after compression, framing included).");
-  line("# TYPE edgerelay_bytes_sent_total counter");
-  for (auto& p : *ps)
-    line("edgerelay_bytes_sent_total{peer=\"" + p->cfg.name + "\"} " + std::to_string(p->shared->wire_bytes.load()));
-  line("# HELP edgerelay_bandwidth_quota_remaining_bytes Bytes left of a peer's daily quota (peers with a quota).");
-  line("# TYPE edgerelay_bandwidth_quota_remaining_bytes gauge");
-  for (auto& p : *ps)
-    if (auto b = p->shared->limiter->snapshot(); b.quota_remaining_bytes)
-      line("edgerelay_bandwidth_quota_remaining_bytes{peer=\"" + p->cfg.name + "\"} " +
-           std::to_string(*b.quota_remaining_bytes));
-  line("# HELP edgerelay_deadletter_segments Segments in the dead-letter store.");
-  line("# TYPE edgerelay_deadletter_segments gauge");
-  line("edgerelay_deadletter_segments " + std::to_string(st.deadletter_segments));
-  line("# HELP edgerelay_tls_handshake_failures_total TLS connections refused, by listener (or peer:<name> for "
-       "servers this node refused as a client) and reason.");
-  line("# TYPE edgerelay_tls_handshake_failures_total counter");
-  {
-    std::lock_guard lk(refused_mu);
-    for (auto& [key, n] : refused_by_reason)
-      line("edgerelay_tls_handshake_failures_total{listener=\"" + key.first + "\",reason=\"" + key.second + "\"} " +
-           std::to_string(n));
+  auto& m = mx.m;
+  const auto now = now_ms();
+  for (auto& sp : st.peers) {
+    const auto& c = sp.counters;
+    std::string_view name = sp.name;
+    m.segments_delivered.labels({name}).set(c.delivered);
+    m.segments_evicted.labels({name}).set(c.evicted);
+    m.queue_segments.labels({name}).set(static_cast<double>(c.queued));
+    m.queue_bytes.labels({name}).set(static_cast<double>(c.queued_bytes));
+    mx.loss.labels({name}).set(
+        static_cast<double>(static_cast<std::int64_t>(c.routed) -
+                            static_cast<std::int64_t>(c.delivered + c.queued + c.deadletter + c.evicted + c.purged)));
+    double age = 0;
+    if (auto o = store->oldest_created_ms(sp.id); o && o->created_ms)
+      age = static_cast<double>(std::max<std::int64_t>(0, now - *o->created_ms)) / 1000.0;
+    mx.queue_oldest_age.labels({name}).set(age);
   }
-  return out;
+  m.deadletter_segments.labels().set(static_cast<double>(st.deadletter_segments));
+  for (auto& p : *ps) {
+    std::string_view name = p->cfg.name;
+    m.bytes_sent.labels({name}).set(p->shared->wire_bytes.load());
+    if (auto b = p->shared->limiter->snapshot(); b.quota_remaining_bytes)
+      m.bandwidth_quota_remaining.labels({name}).set(static_cast<double>(*b.quota_remaining_bytes));
+    bool up = false;
+    if (p->fwd && !p->removed) {
+      auto st_json = p->fwd->status();
+      auto* state = st_json.if_contains("state");
+      std::string_view sv = state && state->is_string() ? std::string_view(state->get_string()) : "";
+      up = sv == "connected" || sv == "holding_quota" || sv == "outside_window";
+    }
+    m.peer_connected.labels({name}).set(up ? 1 : 0);
+  }
+  for (auto& g : watch_groups()) {
+    std::shared_ptr<forwarder> keep;
+    if (auto* t = tls_material_of(g.name, keep))
+      if (auto ci = transport::context_cert_info(*t->current()))
+        m.tls_cert_expiry.labels({g.name}).set(static_cast<double>(ci->not_after_unix));
+  }
+  for (auto& [result, n] : canary->round_counts())
+    m.canary_rounds.labels({result}).set(n);
 }
+
+std::string node::impl::metrics() const { return mx.reg.expose(); }
 
 boost::system::result<std::shared_ptr<forwarder>, error>
 node::impl::make_forwarder(const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared) {
@@ -1416,6 +1648,10 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   auto next = load_config(cfg.source);
   if (!next) {
     spdlog::error("reload of {} refused, nothing changed:\n{}", cfg.source, to_string(next.error()));
+    std::vector<std::string> errs;
+    for (auto& e : next.error())
+      errs.push_back(e.to_string());
+    audit->config_reload_rejected(cfg.source, errs);
     return next.error();
   }
   auto cur = config_now();
@@ -1426,6 +1662,9 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   restart(next->node.id != cur->node.id, "node.id");
   restart(next->node.data_dir != cur->node.data_dir, "node.data_dir");
   restart(next->node.sync != cur->node.sync, "node.sync");
+  if (next->node.unready_before_cert_expiry != cur->node.unready_before_cert_expiry)
+    rep.applied.push_back("node.unready_before_cert_expiry");
+  restart(next->node.audit_log != cur->node.audit_log, "node.audit_log");
   {
     auto a = next->queue, b = cur->queue;
     bool retry_changed = a.max_retry != b.max_retry || a.retry_backoff != b.retry_backoff;
@@ -1511,7 +1750,7 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
         continue;
       }
       pr->id = *id;
-      pr->shared = was ? was->shared : std::make_shared<peer_shared>();
+      pr->shared = was ? was->shared : new_peer_shared(np.name);
       if (!pr->shared->limiter) {
         auto l = bandwidth::limiter::create(to_policy(np.bandwidth), *clk);
         if (!l) {
@@ -1566,6 +1805,14 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   for (auto& f : to_start)
     f->start();
   notify_all();
+  // Files whose paths did not change may still have new contents.
+  for (auto& g : watch_groups()) {
+    std::string msg;
+    int r = refresh_tls(g.name, "reload", &msg);
+    if (r > 0) rep.applied.push_back(msg);
+    if (r < 0) rep.failed.push_back(msg);
+  }
+  if (watcher) watcher->set_groups(watch_groups());
   for (auto& a : rep.applied)
     spdlog::info("reload: applied: {}", a);
   for (auto& r : rep.restart_required)
@@ -1574,7 +1821,240 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
     spdlog::error("reload: not applied: {}", f);
   if (rep.applied.empty() && rep.restart_required.empty() && rep.failed.empty())
     spdlog::info("reload: nothing changed");
+  audit->config_reloaded(cfg.source, rep.applied, rep.restart_required, rep.failed);
   return rep;
+}
+
+// ------------------------------------------------------------ TLS rotation
+
+namespace {
+
+// What a TLS material's files hold now: a rotation is a change of contents,
+// not of modification times.
+std::uint64_t files_fingerprint(const transport::tls_files& f) {
+  std::string all;
+  for (const auto* p : {&f.cert, &f.key, &f.ca, &f.crl}) {
+    all += p->string();
+    all.push_back('\0');
+    if (p->empty()) continue;
+    std::ifstream in(*p, std::ios::binary);
+    if (!in) {
+      all += "<unreadable>";
+      continue;
+    }
+    all.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    all.push_back('\0');
+  }
+  return util::checksum(all);
+}
+
+// The contents of a file ("" when unreadable), to tell which file of a
+// material changed.
+std::string file_contents(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return in ? std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()) : std::string();
+}
+
+// How many revoked serials the CRLs in a PEM text list, for the audit log.
+std::uint64_t revoked_entries(const std::string& pem) {
+  transport::detail::bio_ptr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  std::uint64_t n = 0;
+  while (bio) {
+    X509_CRL* crl = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr);
+    if (!crl) break;
+    if (auto* revoked = X509_CRL_get_REVOKED(crl)) n += static_cast<std::uint64_t>(sk_X509_REVOKED_num(revoked));
+    X509_CRL_free(crl);
+  }
+  ERR_clear_error();
+  return n;
+}
+
+std::string utc_of_unix(std::int64_t seconds) {
+  return util::format_utc(std::chrono::system_clock::time_point(std::chrono::seconds(seconds)));
+}
+
+} // namespace
+
+transport::tls_material* node::impl::tls_material_of(const std::string& name, std::shared_ptr<forwarder>& keep) const {
+  if (name == "listen") return listen_tls.get();
+  if (name == "ingest") return ingest_tls.get();
+  if (name == "admin") return admin_tls.get();
+  if (name.rfind("peer:", 0) != 0) return nullptr;
+  for (auto& p : *peers_now())
+    if (!p->removed && p->fwd && "peer:" + p->cfg.name == name) {
+      keep = p->fwd;
+      return keep->tls();
+    }
+  return nullptr;
+}
+
+std::vector<watch_group> node::impl::watch_groups() const {
+  auto conf = config_now();
+  std::vector<watch_group> out;
+  auto add = [&](std::string name, const tls_files& f) {
+    out.push_back({std::move(name), {f.cert, f.key, f.ca, f.crl}});
+  };
+  if (listen_tls && conf->listen) add("listen", conf->listen->tls.files);
+  if (ingest_tls && conf->ingest && conf->ingest->tls) add("ingest", conf->ingest->tls->files);
+  if (admin_tls && conf->admin.tls) add("admin", conf->admin.tls->files);
+  for (auto& p : conf->peers)
+    if (p.kind != peer_kind::file) add("peer:" + p.name, p.tls);
+  return out;
+}
+
+int node::impl::refresh_tls(const std::string& name, const char* cause, std::string* message) {
+  std::lock_guard one(tls_refresh_mu);
+  std::shared_ptr<forwarder> keep;
+  auto* m = tls_material_of(name, keep);
+  if (!m) return 0;
+  const auto files = m->snapshot().files;
+  const auto fp = files_fingerprint(*files);
+  const std::string crl_text = files->crl.empty() ? std::string() : file_contents(files->crl);
+  const auto crl_sum = util::checksum(crl_text);
+  {
+    std::lock_guard lk(tls_mu);
+    auto it = tls_slots.find(name);
+    if (it == tls_slots.end()) { // first sight: the baseline
+      tls_slots[name].fingerprint = fp;
+      tls_slots[name].crl_checksum = crl_sum;
+      return 0;
+    }
+    if (it->second.fingerprint == fp) return 0;
+  }
+  const auto before = transport::context_cert_info(*m->current());
+  auto r = m->reload();
+  bool crl_changed = false;
+  {
+    std::lock_guard lk(tls_mu);
+    auto& slot = tls_slots[name];
+    slot.fingerprint = fp;
+    if (r && slot.crl_checksum != crl_sum) {
+      crl_changed = !files->crl.empty();
+      slot.crl_checksum = crl_sum;
+    }
+    if (!r) {
+      ++slot.failures;
+      slot.last_error = r.error().message;
+    } else {
+      ++slot.rotations;
+      slot.last_error.clear();
+      slot.last_rotation_ms = now_ms();
+    }
+  }
+  if (!r) {
+    mx.tls_rotations.labels({name, "failed"}).inc();
+    spdlog::error("tls {}: changed files not used ({}); the previous material stays in force: {}", name, cause,
+                  r.error().message);
+    if (message) *message = "tls " + name + ": " + r.error().message + " (the previous material stays in use)";
+    audit->cert_reload_failed(name, m->snapshot().files->cert.string(), r.error().message);
+    return -1;
+  }
+  mx.tls_rotations.labels({name, "applied"}).inc();
+  auto unix_time = [](std::int64_t sec) { return std::chrono::system_clock::time_point(std::chrono::seconds(sec)); };
+  if (auto ci = transport::context_cert_info(*m->current()))
+    audit->cert_rotated(name, unix_time(before ? before->not_after_unix : 0), unix_time(ci->not_after_unix),
+                        ci->sha256);
+  if (crl_changed) audit->crl_reloaded(name, revoked_entries(crl_text));
+  if (auto ci = transport::context_cert_info(*m->current()))
+    spdlog::info("tls {}: new material in force ({}): certificate {} serial {} valid until {}", name, cause,
+                 ci->subject, ci->serial, utc_of_unix(ci->not_after_unix));
+  else
+    spdlog::info("tls {}: new material in force ({})", name, cause);
+  if (keep)
+    keep->recheck_peer();
+  else
+    recheck_sessions(name, *m);
+  if (message) *message = "tls " + name + ": changed certificate, key, CA or CRL files";
+  return 1;
+}
+
+void node::impl::refresh_all_tls(const char* cause) {
+  for (auto& g : watch_groups())
+    refresh_tls(g.name, cause);
+}
+
+void node::impl::track_session(const char* listener, const std::shared_ptr<transport::ws_channel>& ch,
+                               const transport::connection_info& who) {
+  if (!who.peer_certs) return;
+  std::lock_guard lk(sessions_mu);
+  std::erase_if(sessions, [](const live_session& s) { return s.ch.expired(); });
+  sessions.push_back({listener, ch, who.peer_certs,
+                      who.remote.address().to_string() + (who.identity.empty() ? "" : " (" + who.identity + ")")});
+}
+
+void node::impl::recheck_sessions(const std::string& listener, const transport::tls_material& m) {
+  auto ctx = m.current();
+  std::vector<live_session> mine;
+  {
+    std::lock_guard lk(sessions_mu);
+    std::erase_if(sessions, [](const live_session& s) { return s.ch.expired(); });
+    for (auto& s : sessions)
+      if (s.listener == listener) mine.push_back(s);
+  }
+  for (auto& s : mine) {
+    auto ch = s.ch.lock();
+    if (!ch) continue;
+    std::string detail;
+    auto f = s.certs->reverify(*ctx, &detail);
+    if (f == transport::tls_failure::none) continue;
+    std::string why = std::string("certificate no longer trusted after the TLS material was reloaded (") +
+                      transport::to_string(f) + "): " + detail;
+    spdlog::warn("{} listener: closing the live session of {}: {}", listener, s.who, why);
+    mx.sessions_closed.labels({listener, transport::to_string(f)}).inc();
+    std::string out;
+    transport::encode_error(transport::wire_error::unauthorized, why, out);
+    ch->send(std::move(out));
+    ch->close(why);
+  }
+}
+
+json::array node::impl::tls_status() const {
+  json::array out;
+  for (auto& g : watch_groups()) {
+    std::shared_ptr<forwarder> keep;
+    auto* m = tls_material_of(g.name, keep);
+    if (!m) continue;
+    json::object o{{"name", g.name}};
+    if (auto ci = transport::context_cert_info(*m->current())) {
+      o["subject"] = ci->subject;
+      o["serial"] = ci->serial;
+      o["not_after"] = ci->not_after_unix;
+      o["not_after_utc"] = utc_of_unix(ci->not_after_unix);
+    }
+    std::lock_guard lk(tls_mu);
+    auto it = tls_slots.find(g.name);
+    tls_slot slot = it == tls_slots.end() ? tls_slot{} : it->second;
+    o["rotations"] = slot.rotations;
+    o["failures"] = slot.failures;
+    o["last_error"] = slot.last_error;
+    o["last_rotation_at"] = slot.last_rotation_ms ? json::value(util::format_utc(std::chrono::system_clock::time_point(
+                                                        std::chrono::milliseconds(slot.last_rotation_ms))))
+                                                  : json::value(nullptr);
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+std::vector<std::string> node::impl::readiness_problems() const {
+  std::vector<std::string> out;
+  const auto margin = config_now()->node.unready_before_cert_expiry;
+  if (margin.count() <= 0) return out;
+  const auto now = now_ms();
+  for (auto& g : watch_groups()) {
+    std::shared_ptr<forwarder> keep;
+    auto* m = tls_material_of(g.name, keep);
+    if (!m) continue;
+    auto ci = transport::context_cert_info(*m->current());
+    if (!ci) continue;
+    const std::int64_t left_ms = ci->not_after_unix * 1000 - now;
+    if (left_ms > margin.count()) continue;
+    out.push_back("tls " + g.name + ": certificate " + ci->subject + " (serial " + ci->serial + ") " +
+                  (left_ms <= 0 ? "expired at " : "expires at ") + utc_of_unix(ci->not_after_unix) +
+                  (left_ms <= 0 ? "" : ", in " + std::to_string(left_ms / 60000) + " min") +
+                  "; the node reports unready from node.unready_before_cert_expiry (" +
+                  std::to_string(margin.count() / 1000) + " s) before: install a renewed certificate");
+  }
+  return out;
 }
 
 // ------------------------------------------------------------ node
@@ -1594,6 +2074,21 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
   auto st = queue::store::open(so);
   if (!st) return st.error();
   m->store = std::move(*st);
+  {
+    auto* n = m.get();
+    n->mx.reg.add_collect_hook([n] { n->collect_metrics(); });
+    n->store->set_commit_observer([n](double seconds, std::size_t) { n->mx.m.store_commit.labels().observe(seconds); });
+    n->store->set_deadletter_observer([n](queue::peer_id id, std::string_view reason, std::uint64_t count) {
+      std::string name = "peer-" + std::to_string(id);
+      for (auto& [pid, pname] : n->store->peers())
+        if (pid == id) name = pname;
+      n->mx.m.segments_deadlettered.labels({name, reason}).inc(count);
+    });
+  }
+  if (auto a = open_audit_log(m->cfg, *m->clk); a)
+    m->audit = std::move(*a);
+  else
+    return a.error();
   auto ps = std::make_shared<peer_list>();
   for (auto& p : m->cfg.peers) {
     auto id = m->store->add_peer(p.name);
@@ -1601,7 +2096,7 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
     auto pr = std::make_shared<peer_runtime>();
     pr->cfg = p;
     pr->id = *id;
-    pr->shared = std::make_shared<peer_shared>();
+    pr->shared = m->new_peer_shared(p.name);
     // The quota used so far in this period survives restarts (a reset passed
     // meanwhile starts a fresh period).
     auto saved = m->store->load_quota_state(*id);
@@ -1616,8 +2111,28 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
     ps->push_back(std::move(pr));
   }
   m->peers = ps;
+  auto* mp = m.get();
+  canary_driver::node_hooks hooks{[mp] {
+                                    std::vector<canary_peer> out;
+                                    for (auto& p : *mp->peers_now())
+                                      if (!p->removed) out.push_back({p->cfg.name, p->id});
+                                    return out;
+                                  },
+                                  [mp] { mp->notify_all(); }};
+  auto cd = canary_driver::create(*m->store, *m->clk, m->cfg.node.id, m->cfg.evidence, std::move(hooks));
+  if (!cd) return cd.error();
+  m->canary = std::move(*cd);
   return std::unique_ptr<node>(new node(std::move(m)));
 }
+
+namespace {
+json::object listener_addresses(const node& n) {
+  json::object o;
+  for (const char* l : {"admin", "ingest", "listen"})
+    if (auto a = n.address(l); !a.empty()) o[l] = a;
+  return o;
+}
+} // namespace
 
 boost::system::result<void, error> node::start() {
   auto& m = *impl_;
@@ -1634,7 +2149,13 @@ boost::system::result<void, error> node::start() {
     return {};
   };
   m.admin_h = std::make_unique<admin_handler>(m);
-  if (auto r = listen_on("admin", m.cfg.admin.listen, *m.admin_h, nullptr, m.admin_srv); !r) return r;
+  if (m.cfg.admin.tls) {
+    auto t = transport::tls_material::create(transport::tls_role::server,
+                                             to_transport(m.cfg.admin.tls->files, m.cfg.admin.tls->allow));
+    if (!t) return error{t.error().code, "admin.tls: " + t.error().message};
+    m.admin_tls = std::move(*t);
+  }
+  if (auto r = listen_on("admin", m.cfg.admin.listen, *m.admin_h, m.admin_tls.get(), m.admin_srv); !r) return r;
   if (m.cfg.ingest) {
     m.ingest_h = std::make_unique<ingest_handler>(m);
     if (m.cfg.ingest->tls) {
@@ -1666,18 +2187,33 @@ boost::system::result<void, error> node::start() {
     std::lock_guard lk(m.live_mu);
     m.peers = ps;
   }
+  m.canary->start(m.io);
   for (auto& p : *ps)
     p->fwd->start();
+  // Certificates, keys, CAs and CRLs are re-read when they change on disk.
+  m.refresh_all_tls("start"); // the baseline of each material
+  m.watcher = std::make_unique<file_watcher>([&m](const std::string& name) { m.refresh_tls(name, "file changed"); });
+  m.watcher->set_groups(m.watch_groups());
   m.quota_timer.emplace(m.io);
   m.schedule_quota_save();
+  m.maintenance_timer.emplace(m.io);
+  m.schedule_maintenance();
+  if (std::uint64_t usec = 0; sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+    m.watchdog_interval = std::chrono::microseconds(usec);
+    m.watchdog_timer.emplace(m.io);
+    m.schedule_watchdog();
+    spdlog::info("systemd watchdog: pinging every {} ms", usec / 2000);
+  }
   for (unsigned i = 0; i < m.threads; ++i)
     m.pool.emplace_back([&m] { m.io.run(); });
+  m.audit->node_started(version_string(), listener_addresses(*this));
   return {};
 }
 
 void node::stop() {
   auto& m = *impl_;
   if (!m.work) return;
+  if (m.watcher) m.watcher->stop();
   for (auto* s : {&m.ingest_srv, &m.listen_srv, &m.admin_srv})
     if (*s) (*s)->stop();
   for (auto& p : *m.peers_now())
@@ -1688,6 +2224,9 @@ void node::stop() {
     t.join();
   m.pool.clear();
   m.quota_timer.reset();
+  m.watchdog_timer.reset();
+  m.maintenance_timer.reset();
+  m.canary->stop();
   // The last quota usage, so that a restart does not refill it.
   for (auto& p : *m.peers_now()) {
     auto q = p->shared->limiter->export_quota();
@@ -1699,13 +2238,18 @@ void node::stop() {
     pr->fwd.reset();
     ps->push_back(std::move(pr));
   }
-  std::lock_guard lk(m.live_mu);
-  m.peers = ps;
+  {
+    std::lock_guard lk(m.live_mu);
+    m.peers = ps;
+  }
+  m.audit->node_stopped();
 }
 
 boost::system::result<reload_report, config_errors> node::reload() { return impl_->reload(); }
 
 json::object node::status() const { return impl_->status(); }
+
+json::object node::soak_report() const { return impl_->canary->soak_report(); }
 
 std::string node::address(std::string_view listener) const {
   const std::shared_ptr<transport::http_server>* s = listener == "ingest"   ? &impl_->ingest_srv

@@ -50,6 +50,8 @@ public:
 
   // The status document of GET /v1/status.
   boost::json::object status() const;
+  // The soak report of GET /v1/evidence/soak (docs/soak.md).
+  boost::json::object soak_report() const;
   // Bound addresses (useful with port 0): "ingest", "listen", "admin".
   std::string address(std::string_view listener) const;
 

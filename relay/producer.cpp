@@ -266,6 +266,13 @@ boost::system::result<void, error> ws_producer::send(std::string_view stream, st
   return {};
 }
 
+boost::system::result<void, error> ws_producer::push() {
+  auto& m = *impl_;
+  std::unique_lock lk(m.mu);
+  if (m.failed) return failure(*m.failed);
+  return m.send_batch(lk);
+}
+
 boost::system::result<void, error> ws_producer::flush() {
   auto& m = *impl_;
   std::unique_lock lk(m.mu);

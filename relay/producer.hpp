@@ -56,6 +56,10 @@ public:
   // Copies one segment into the batch being built; sends the batch when it is
   // full, waiting (up to ack_timeout) for a window slot.
   boost::system::result<void, error> send(std::string_view stream, std::string_view payload);
+  // Sends the partial batch now (waiting, up to ack_timeout, for a window
+  // slot) without waiting for its ACK: a paced producer's "linger" point,
+  // so a batch never waits for segments that come later.
+  boost::system::result<void, error> push();
   // Sends the partial batch and waits until every batch is acknowledged.
   boost::system::result<void, error> flush();
   producer_stats stats() const;

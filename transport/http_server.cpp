@@ -187,17 +187,18 @@ private:
     if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
       SSL* ssl = stream_.native_handle();
       if (ec) {
-        srv_.handler.on_refused(who_.remote, to_string(classify_handshake(ec, ssl)),
-                                describe_handshake_failure(ec, ssl));
+        srv_.handler.on_refused(who_, to_string(classify_handshake(ec, ssl)), describe_handshake_failure(ec, ssl));
         return close();
       }
       std::string detail;
       auto f = authorize_peer(ssl, files_ ? files_->allow : std::vector<std::string>{}, &detail);
       if (f != tls_failure::none) {
-        srv_.handler.on_refused(who_.remote, to_string(f), detail);
+        if (f == tls_failure::not_allowed) who_.identity = peer_identity(ssl);
+        srv_.handler.on_refused(who_, to_string(f), detail);
         return close();
       }
       who_.identity = peer_identity(ssl);
+      who_.peer_certs = peer_certificates::capture(ssl);
       read();
     }
   }
@@ -309,7 +310,7 @@ void http_server::impl::on_accept(tcp::socket sock, const std::shared_ptr<http_s
   auto remote = sock.remote_endpoint(ec);
   if (ec) return;
   if (conns.load() >= limits.max_connections) {
-    handler.on_refused(remote, "too_many_connections",
+    handler.on_refused(connection_info{remote, tls != nullptr, {}}, "too_many_connections",
                        "connection limit of " + std::to_string(limits.max_connections) + " reached");
     sock.close(ec);
     return;

@@ -47,6 +47,9 @@ struct connection_info {
   boost::asio::ip::tcp::endpoint remote;
   bool tls = false;
   std::string identity; // the verified client certificate's first SAN URI, else SAN DNS, else CN
+  // The verified client chain (TLS with a client certificate), to check the
+  // connection again when the listener's trust material changes.
+  std::shared_ptr<const peer_certificates> peer_certs;
 };
 
 // Completes one request. Move-only; send() exactly once, from any thread. A
@@ -99,9 +102,10 @@ public:
   // A connection refused before any request (TLS handshake failure, client
   // identity not allowed, too many connections): reason is a short class
   // ("no_client_cert", "not_allowed", "too_many_connections", ...).
-  virtual void on_refused(const boost::asio::ip::tcp::endpoint& remote, std::string_view reason,
-                          std::string_view detail) {
-    (void)remote;
+  // who.identity is set only when the certificate chain verified and the
+  // identity itself was refused ("not_allowed"); empty otherwise.
+  virtual void on_refused(const connection_info& who, std::string_view reason, std::string_view detail) {
+    (void)who;
     (void)reason;
     (void)detail;
   }

@@ -225,6 +225,20 @@ tls_result<pkey_ptr> read_key(const fs::path& p) {
 
 } // namespace
 
+namespace {
+cert_spec leaf_cert_spec(const std::string& cn, const char* eku, const std::string& san, int days) {
+  cert_spec s{cn,
+              days,
+              {{NID_basic_constraints, "critical,CA:FALSE"},
+               {NID_key_usage, "critical,digitalSignature"},
+               {NID_ext_key_usage, eku},
+               {NID_subject_key_identifier, "hash"},
+               {NID_authority_key_identifier, "keyid"}}};
+  if (!san.empty()) s.extensions.push_back({NID_subject_alt_name, san});
+  return s;
+}
+} // namespace
+
 pki_paths pki_layout(const std::filesystem::path& dir) {
   return {dir / "ca.pem",     dir / "ca.key",     dir / "server.pem", dir / "server.key",
           dir / "client.pem", dir / "client.key", dir / "crl.pem"};
@@ -267,15 +281,7 @@ tls_result<pki_paths> pki_init(const std::filesystem::path& dir, const pki_optio
   if (!ca) return ca.error();
 
   auto leaf_spec = [&](const std::string& cn, const char* eku, const std::string& san) {
-    cert_spec s{cn,
-                o.validity_days,
-                {{NID_basic_constraints, "critical,CA:FALSE"},
-                 {NID_key_usage, "critical,digitalSignature"},
-                 {NID_ext_key_usage, eku},
-                 {NID_subject_key_identifier, "hash"},
-                 {NID_authority_key_identifier, "keyid"}}};
-    if (!san.empty()) s.extensions.push_back({NID_subject_alt_name, san});
-    return s;
+    return leaf_cert_spec(cn, eku, san, o.validity_days);
   };
   auto server =
       issue(leaf_spec(o.server_common_name, "serverAuth", *server_san), server_key->get(), ca->get(), ca_key->get());
@@ -345,6 +351,28 @@ tls_result<void> add_revoked(const std::filesystem::path& dir, const std::filesy
   auto crl = make_crl(ca->get(), ca_key->get(), revoked, number, o.crl_validity_days);
   if (!crl) return crl.error();
   return write_pem(p.crl, crl->get(), 0644);
+}
+
+tls_result<void> pki_reissue(const std::filesystem::path& dir, pki_leaf which, const pki_options& o) {
+  const pki_paths p = pki_layout(dir);
+  if (o.validity_days <= 0) return error{make_error_code(errc::invalid_argument), "validity must be at least one day"};
+  auto ca = read_cert(p.ca_cert, "CA certificate");
+  if (!ca) return ca.error();
+  auto ca_key = read_key(p.ca_key);
+  if (!ca_key) return ca_key.error();
+  const bool server = which == pki_leaf::server;
+  auto san =
+      server ? subject_alt_names(o.server_dns, o.server_ips, {}) : subject_alt_names(o.client_dns, {}, o.client_uris);
+  if (!san) return san.error();
+  auto key = generate_key();
+  if (!key) return key.error();
+  auto cert = issue(leaf_cert_spec(server ? o.server_common_name : o.client_common_name,
+                                   server ? "serverAuth" : "clientAuth", *san, o.validity_days),
+                    key->get(), ca->get(), ca_key->get());
+  if (!cert) return cert.error();
+  // The key first: a reader that sees the new certificate finds its key.
+  if (auto r = write_pem(server ? p.server_key : p.client_key, key->get(), 0600); !r) return r.error();
+  return write_pem(server ? p.server_cert : p.client_cert, cert->get(), 0644);
 }
 
 } // namespace edgerelay::transport

@@ -53,6 +53,14 @@ tls_result<pki_paths> pki_init(const std::filesystem::path& dir, const pki_optio
 // `cert_path` added to the revoked entries already listed (idempotent) and
 // the CRL number incremented. Fails with not_issued_by_ca when the
 // certificate was not signed by dir/ca.pem.
+enum class pki_leaf { server, client };
+
+// Replaces dir/server.{pem,key} or dir/client.{pem,key} with a new key and a
+// new certificate (new serial, names and validity from `options`) signed by
+// dir/ca.key: a certificate rotation. The key is written before the
+// certificate, each atomically.
+tls_result<void> pki_reissue(const std::filesystem::path& dir, pki_leaf which, const pki_options& options = {});
+
 tls_result<void> add_revoked(const std::filesystem::path& dir, const std::filesystem::path& cert_path,
                              const pki_options& options = {});
 

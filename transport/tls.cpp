@@ -672,6 +672,15 @@ cert_info get_cert_info(X509* cert) {
       OPENSSL_free(hex);
     }
   }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (X509_digest(cert, EVP_sha256(), md, &len) == 1) {
+    static constexpr char digits[] = "0123456789abcdef";
+    for (unsigned i = 0; i < len; ++i) {
+      info.sha256.push_back(digits[md[i] >> 4]);
+      info.sha256.push_back(digits[md[i] & 15]);
+    }
+  }
   ERR_clear_error();
   return info;
 }
@@ -680,6 +689,53 @@ tls_result<cert_info> read_cert_info(const std::filesystem::path& cert_file) {
   auto certs = load_certs(cert_file, "certificate");
   if (!certs) return certs.error();
   return get_cert_info((*certs)[0].get());
+}
+
+// ------------------------------------------------------------------ peer_certificates
+
+std::shared_ptr<const peer_certificates> peer_certificates::capture(SSL* ssl) {
+  X509* leaf = ssl ? SSL_get0_peer_certificate(ssl) : nullptr;
+  if (!leaf) return nullptr;
+  std::shared_ptr<peer_certificates> p(new peer_certificates());
+  X509_up_ref(leaf);
+  p->leaf_ = leaf;
+  if (STACK_OF(X509)* chain = SSL_get_peer_cert_chain(ssl)) p->chain_ = X509_chain_up_ref(chain);
+  return p;
+}
+
+peer_certificates::~peer_certificates() {
+  if (chain_) sk_X509_pop_free(chain_, X509_free);
+  if (leaf_) X509_free(leaf_);
+}
+
+cert_info peer_certificates::leaf() const { return get_cert_info(leaf_); }
+
+tls_failure peer_certificates::reverify(const ssl::context& ctx, std::string* detail) const {
+  SSL_CTX* c = const_cast<ssl::context&>(ctx).native_handle();
+  X509_STORE* store = SSL_CTX_get_cert_store(c);
+  std::unique_ptr<X509_STORE_CTX, decltype(&X509_STORE_CTX_free)> sc(X509_STORE_CTX_new(), &X509_STORE_CTX_free);
+  if (!sc || X509_STORE_CTX_init(sc.get(), store, leaf_, chain_) != 1) {
+    if (detail) *detail = "cannot set up verification: " + openssl_errors();
+    return tls_failure::handshake_other;
+  }
+  // The context's own parameters (CRL checking, depth), not the host name.
+  X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(sc.get());
+  X509_VERIFY_PARAM_inherit(param, SSL_CTX_get0_param(c));
+  X509_VERIFY_PARAM_set1_host(param, nullptr, 0);
+  X509_VERIFY_PARAM_set1_ip(param, nullptr, 0);
+  int ok = X509_verify_cert(sc.get());
+  ERR_clear_error();
+  if (ok == 1) return tls_failure::none;
+  long v = X509_STORE_CTX_get_error(sc.get());
+  if (detail) *detail = std::string(X509_verify_cert_error_string(v)) + " (" + get_cert_info(leaf_).subject + ")";
+  auto f = from_verify_result(v);
+  return f == tls_failure::none ? tls_failure::handshake_other : f;
+}
+
+std::optional<cert_info> context_cert_info(const ssl::context& ctx) {
+  X509* x = SSL_CTX_get0_certificate(const_cast<ssl::context&>(ctx).native_handle());
+  if (!x) return std::nullopt;
+  return get_cert_info(x);
 }
 
 // ------------------------------------------------------------------ tls_material

@@ -24,10 +24,13 @@
 
 #include <openssl/types.h>
 
+struct stack_st_X509; // STACK_OF(X509), without <openssl/x509.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -153,12 +156,41 @@ struct cert_info {
   std::string subject;              // RFC 2253, e.g. "CN=edgerelay-hub"
   std::string issuer;               // RFC 2253
   std::string serial;               // upper-case hex
+  std::string sha256;               // fingerprint of the DER certificate, lower-case hex
   std::int64_t not_before_unix = 0; // seconds since the epoch, UTC
   std::int64_t not_after_unix = 0;
 };
 
 tls_result<cert_info> read_cert_info(const std::filesystem::path& cert_file);
 cert_info get_cert_info(X509* cert);
+
+// The certificate chain a TLS peer presented at a handshake that succeeded,
+// kept for the life of the connection so that the connection can be checked
+// again when this side's trust material changes (a new CRL, a new CA file).
+class peer_certificates {
+public:
+  // Copies the peer's leaf and the chain it sent; null when it sent none.
+  static std::shared_ptr<const peer_certificates> capture(SSL* ssl);
+  ~peer_certificates();
+  peer_certificates(const peer_certificates&) = delete;
+  peer_certificates& operator=(const peer_certificates&) = delete;
+
+  cert_info leaf() const;
+  // Verifies the chain again, now, against `ctx`'s CA store, CRLs and
+  // verification flags (not the host name: that cannot change). On failure
+  // the reason class (revoked, unknown_ca, expired, ...) and a sentence.
+  tls_failure reverify(const ssl::context& ctx, std::string* detail = nullptr) const;
+
+private:
+  peer_certificates() = default;
+  X509* leaf_ = nullptr;
+  stack_st_X509* chain_ = nullptr; // STACK_OF(X509)
+};
+
+// The certificate a context presents (its own leaf), as loaded: what is in
+// force, which may differ from the file on disk after a failed reload.
+// nullopt for a context without a certificate.
+std::optional<cert_info> context_cert_info(const ssl::context& ctx);
 
 enum class tls_role { server, client };
 

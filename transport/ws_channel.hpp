@@ -32,6 +32,8 @@ constexpr std::size_t ws_wire_bytes(std::size_t n, bool masked) noexcept {
   return n + 2 + (n > 65535 ? 8 : n > 125 ? 2 : 0) + (masked ? 4 : 0);
 }
 
+class peer_certificates; // transport/tls.hpp
+
 class ws_channel {
 public:
   struct callbacks {
@@ -48,6 +50,14 @@ public:
   virtual std::uint64_t bytes_sent() const = 0; // on the wire, WebSocket framing included
   virtual std::uint64_t bytes_received() const = 0;
   virtual std::size_t queued() const = 0;
+
+  // The chain the server presented (a dialled TLS channel; null otherwise),
+  // to check the connection again when the client's trust material changes.
+  std::shared_ptr<const peer_certificates> peer_certs() const { return peer_certs_; }
+  void set_peer_certs(std::shared_ptr<const peer_certificates> p) { peer_certs_ = std::move(p); }
+
+private:
+  std::shared_ptr<const peer_certificates> peer_certs_;
 };
 
 } // namespace edgerelay::transport

@@ -87,7 +87,11 @@ private:
   void handshake_ws() {
     beast::get_lowest_layer(*stream_).expires_never();
     opt_.masked = true;
+    std::shared_ptr<const peer_certificates> certs;
+    if constexpr (!std::is_same_v<Stream, beast::tcp_stream>)
+      certs = peer_certificates::capture(stream_->native_handle());
     ws_ = std::make_shared<detail::ws_session<Stream>>(std::move(*stream_), opt_);
+    ws_->set_peer_certs(std::move(certs));
     stream_.reset();
     auto& ws = ws_->stream();
     websocket::stream_base::timeout t{};

@@ -12,6 +12,7 @@
 #include "tests/support/node_runner.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/toml.hpp"
 #include "transport/pki.hpp"
 #include "util/checksum.hpp"
 #include "util/clock.hpp"
@@ -31,7 +32,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-std::string q(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
+using test::q;
 
 void write_file(const std::filesystem::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::trunc);

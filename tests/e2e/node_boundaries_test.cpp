@@ -13,6 +13,7 @@
 #include "tests/support/openssl_pki.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/toml.hpp"
 #include "transport/relay_codec.hpp"
 #include "transport/tls.hpp"
 #include "transport/ws_client.hpp"
@@ -40,7 +41,7 @@ namespace {
 
 const test::openssl_pki& pki() { return test::openssl_pki::shared(); }
 
-std::string q(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
+using test::q;
 
 // Every line the default logger writes while it exists.
 class log_capture {

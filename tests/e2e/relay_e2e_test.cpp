@@ -5,6 +5,7 @@
 #include "relay/spool.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "tests/support/toml.hpp"
 #include "transport/pki.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
@@ -30,7 +31,7 @@ std::uint16_t free_port() {
   return a.local_endpoint().port();
 }
 
-std::string q(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
+using test::q;
 
 template <class F>
 bool wait_until(F&& f, std::chrono::milliseconds limit) {
@@ -72,26 +73,29 @@ struct cluster {
   }
 
   void start_hub() {
-    auto cfg = write("hub.toml", "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
-                                     "\n[listen]\naddress = "
-                                     "\"127.0.0.1:" +
-                                     std::to_string(hub_listen) + "\"\ncert = " + q(pki.server_cert) + "\nkey = " +
-                                     q(pki.server_key) + "\nca = " + q(pki.ca_cert) + "\ncrl = " + q(pki.crl) +
-                                     "\n[admin]\nlisten = \"127.0.0.1:" + std::to_string(hub_admin) +
-                                     "\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" + spool.string() + "\"\n");
+    auto cfg =
+        write("hub.toml", "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
+                              "\n[listen]\naddress = "
+                              "\"127.0.0.1:" +
+                              std::to_string(hub_listen) + "\"\ncert = " + q(pki.server_cert) +
+                              "\nkey = " + q(pki.server_key) + "\nca = " + q(pki.ca_cert) + "\ncrl = " + q(pki.crl) +
+                              "\n[admin]\nlisten = \"127.0.0.1:" + std::to_string(hub_admin) +
+                              "\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" +
+                              spool.string() + "\"\n");
     hub = test::process({bin(), "run", "--config", cfg.string()}, dir / "hub.log");
     REQUIRE(wait_until([&] { return healthy(hub_admin); }, 20s));
   }
 
   void start_edge() {
-    auto cfg = write("edge.toml",
-                     "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "edge") + "\n[queue]\n" + edge_extra_queue +
-                         "[ingest]\nlisten = \"127.0.0.1:" + std::to_string(edge_ingest) +
-                         "\"\n[admin]\nlisten = \"127.0.0.1:" + std::to_string(edge_admin) +
-                         "\"\n[[peer]]\nname = \"hub\"\nurl = \"wss://127.0.0.1:" + std::to_string(hub_listen) +
-                         "/v1/relay\"\nserver_name = \"localhost\"\ncert = " + q(pki.client_cert) +
-                         "\nkey = " + q(pki.client_key) + "\nca = " + q(pki.ca_cert) + "\ncompression = \"zstd\"\n" +
-                         "dial_timeout = \"2s\"\nack_timeout = \"10s\"\n" + edge_extra_peers);
+    auto cfg = write(
+        "edge.toml",
+        "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "edge") + "\n[queue]\n" + edge_extra_queue +
+            "[ingest]\nlisten = \"127.0.0.1:" + std::to_string(edge_ingest) +
+            "\"\n[admin]\nlisten = \"127.0.0.1:" + std::to_string(edge_admin) +
+            "\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"hub\"\nurl = \"wss://127.0.0.1:" +
+            std::to_string(hub_listen) + "/v1/relay\"\nserver_name = \"localhost\"\ncert = " + q(pki.client_cert) +
+            "\nkey = " + q(pki.client_key) + "\nca = " + q(pki.ca_cert) + "\ncompression = \"zstd\"\n" +
+            "dial_timeout = \"2s\"\nack_timeout = \"10s\"\n" + edge_extra_peers);
     edge = test::process({bin(), "run", "--config", cfg.string()}, dir / "edge.log");
     REQUIRE(wait_until([&] { return healthy(edge_admin); }, 20s));
   }

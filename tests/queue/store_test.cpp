@@ -9,6 +9,8 @@
 #include <csignal>
 #include <fstream>
 #include <future>
+#include <map>
+#include <mutex>
 #include <sched.h>
 #include <set>
 #include <sys/mount.h>
@@ -151,6 +153,34 @@ TEST_CASE("per-peer queues are FIFO and a segment routed to two peers is in both
   f.check_accounting();
 }
 
+TEST_CASE("oldest_created_ms finds the oldest queued segment, also after a retry moved it to the tail") {
+  fixture f;
+  auto none = f.s->oldest_created_ms(f.a).value();
+  CHECK(none.created_ms == std::nullopt);
+  CHECK(none.complete);
+  CHECK(f.s->oldest_created_ms(99).error() == errc::unknown_peer);
+  const auto t0 = std::chrono::duration_cast<std::chrono::milliseconds>(f.clk.system_now().time_since_epoch()).count();
+  f.put(1, {f.a});
+  f.clk.advance(5s);
+  f.put(2, {f.a});
+  CHECK(f.s->oldest_created_ms(f.a).value().created_ms == t0);
+  // The first segment fails once: it goes back behind the two newer ones.
+  auto b = f.s->read_batch(f.a, 1, 1 << 20).value();
+  REQUIRE(b.segments.size() == 1);
+  CHECK(f.s->oldest_created_ms(f.a).value().created_ms == t0); // leased, still queued
+  REQUIRE_FALSE(f.s->nack_wait(f.a, {b.segments[0].key}, "down"));
+  CHECK(f.s->oldest_created_ms(f.a).value().created_ms == t0);
+  // A scan cut short reads from the head: now the newer segments.
+  auto cut = f.s->oldest_created_ms(f.a, 2).value();
+  CHECK_FALSE(cut.complete);
+  CHECK(cut.created_ms == t0 + 5000);
+  f.clk.advance(1h);
+  b = f.s->read_batch(f.a, 10, 1 << 20).value();
+  REQUIRE(b.segments.size() == 3);
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(b)));
+  CHECK(f.s->oldest_created_ms(f.a).value().created_ms == std::nullopt);
+}
+
 TEST_CASE("a read leases its segments until ack, nack, reject or release") {
   fixture f;
   f.put(10, {f.a});
@@ -275,6 +305,33 @@ TEST_CASE("reject sends a segment to the dead-letter store at once with its reas
   CHECK(dl[0].last_error == "upstream says checksum mismatch");
   CHECK(f.read(f.a).segments.size() == 2);
   f.check_accounting();
+}
+
+TEST_CASE("the dead-letter observer reports each commit's dead-letterings by peer and reason") {
+  fixture f; // max_retry 3
+  std::mutex mu;
+  std::map<std::pair<queue::peer_id, std::string>, std::uint64_t> seen;
+  int calls = 0;
+  f.s->set_deadletter_observer([&](queue::peer_id p, std::string_view reason, std::uint64_t n) {
+    std::lock_guard lk(mu);
+    seen[{p, std::string(reason)}] += n;
+    ++calls;
+  });
+  f.put(2, {f.a});
+  f.put(3, {f.b});
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a)), "down"));
+    f.clk.advance(1h);
+  }
+  auto bt = f.read(f.b);
+  REQUIRE_FALSE(f.s->reject_wait(
+      f.b, {{bt.segments[0].key, "rejected:checksum", "x"}, {bt.segments[2].key, "rejected:checksum", "y"}}));
+  f.s->release(f.b, std::vector<std::uint64_t>{bt.segments[1].key});
+  std::lock_guard lk(mu);
+  CHECK(calls == 2); // one commit dead-lettered a's two, another b's two
+  CHECK(seen[{f.a, "max_retry"}] == 2);
+  CHECK(seen[{f.b, "rejected:checksum"}] == 2);
+  CHECK(seen.size() == 2);
 }
 
 TEST_CASE("dead-letter list pages and filters by peer, stream and reason") {

@@ -112,6 +112,7 @@ TEST_CASE("a minimal edge config loads with the documented defaults", "[config]"
   CHECK(cfg.node.id == "edge-1");
   CHECK(cfg.node.data_dir == base / "data");
   CHECK(cfg.node.sync == queue::sync_mode::full);
+  CHECK(cfg.node.audit_log == base / "data" / "audit.log");
 
   CHECK(cfg.queue.max_bytes == 10 * GiB);
   CHECK(cfg.queue.max_segment_bytes == 4 * MiB);
@@ -221,6 +222,7 @@ TEST_CASE("every key of a full config is read into typed fields", "[config]") {
 id = "hub-1"
 data_dir = "/var/lib/edgerelay/queue"
 sync = "none"
+audit_log = "/var/log/edgerelay/audit.log"
 
 [ingest]
 listen = "0.0.0.0:9300"
@@ -270,6 +272,7 @@ report_dir = "reports"
   const auto base = fs::absolute(pki.path()).lexically_normal();
   CHECK(cfg.node.sync == queue::sync_mode::none);
   CHECK(cfg.node.data_dir == "/var/lib/edgerelay/queue");
+  CHECK(cfg.node.audit_log == "/var/log/edgerelay/audit.log");
 
   REQUIRE(cfg.ingest);
   REQUIRE(cfg.ingest->tls);
@@ -700,6 +703,20 @@ TEST_CASE("node.id and node.data_dir are required", "[config]") {
     CHECK(lines ==
           std::vector<std::string>{"edge.toml: node: missing required section [node] (it needs id and data_dir)"});
   }
+}
+
+TEST_CASE("node.audit_log resolves against the config's directory and must be a non-empty string", "[config]") {
+  pki_dir pki;
+  const auto base = fs::absolute(pki.path()).lexically_normal();
+  auto with = [&](const std::string& line) {
+    auto text = edge_base;
+    text.replace(text.find("data_dir"), 0, line + "\n");
+    return parse_in(pki.path(), text);
+  };
+  CHECK(value_of(with("audit_log = \"logs/audit.jsonl\"")).node.audit_log == base / "logs" / "audit.jsonl");
+  CHECK_ERROR(errors_of(with("audit_log = \"\"")), "node.audit_log", "must not be empty");
+  CHECK_ERROR(errors_of(with("audit_log = 3")), "node.audit_log", "");
+  CHECK_ERROR(errors_of(with("audit_logs = \"a\"")), "node.audit_logs", "audit_log");
 }
 
 TEST_CASE("node.id is 1 to 64 characters without ':'", "[config]") {

@@ -54,7 +54,7 @@ struct echo_handler : transport::http_handler {
     ch->start({[ch](std::string&& m) { ch->send("echo:" + m); }, {}});
     ws.set_value(ch);
   }
-  void on_refused(const tcp::endpoint&, std::string_view reason, std::string_view) override {
+  void on_refused(const transport::connection_info&, std::string_view reason, std::string_view) override {
     std::lock_guard lk(mu);
     refused.emplace_back(reason);
   }

@@ -1,0 +1,42 @@
+// relay::ws_producer against an in-process node's ingest listener.
+
+#include "relay/config.hpp"
+#include "relay/node.hpp"
+#include "relay/producer.hpp"
+#include "tests/support/node_runner.hpp"
+#include "tests/support/temp_dir.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace edgerelay;
+using namespace std::chrono_literals;
+
+TEST_CASE("push sends a partial batch at once and it is stored before any flush", "[relay][producer]") {
+  test::temp_dir dir("producer");
+  auto n = test::start_node(relay::parse_config("[node]\nid = \"edge\"\ndata_dir = \"" + (dir / "data").string() +
+                                                    "\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
+                                                    "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
+                                                    "[[peer]]\nname = \"spool\"\nurl = \"file://" +
+                                                    (dir / "spool").string() + "\"\n",
+                                                "edge.toml", dir.path()));
+  auto accepted = [&] { return n->status().at("totals").at("accepted").to_number<std::int64_t>(); };
+  relay::producer_options po;
+  po.url = "ws://" + n->address("ingest");
+  po.batch_max_segments = 4096; // far more than is sent: only push() can make these travel
+  auto p = relay::ws_producer::connect(po);
+  INFO((p ? std::string() : p.error().message));
+  REQUIRE(p.has_value());
+  for (int i = 0; i < 3; ++i)
+    REQUIRE((*p)->send("s", "payload-" + std::to_string(i)).has_value());
+  CHECK((*p)->stats().segments_sent == 0);
+  REQUIRE((*p)->push().has_value());
+  CHECK((*p)->stats().segments_sent == 3);
+  CHECK(test::eventually([&] { return accepted() == 3; }, 10s));
+  CHECK(test::eventually([&] { return (*p)->stats().segments_ok == 3; }, 10s));
+  // An empty push sends nothing; flush then has nothing left to wait for.
+  REQUIRE((*p)->push().has_value());
+  REQUIRE((*p)->flush().has_value());
+  CHECK((*p)->stats().batches_acked == 1);
+  p->reset();
+  n->stop();
+}

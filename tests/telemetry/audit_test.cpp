@@ -1,0 +1,231 @@
+#include "telemetry/audit.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "util/clock.hpp"
+
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+
+#include <fstream>
+#include <sstream>
+#include <sys/stat.h>
+#include <thread>
+
+using namespace edgerelay;
+using namespace edgerelay::telemetry;
+using namespace std::chrono;
+using Catch::Matchers::Contains;
+namespace json = boost::json;
+
+namespace {
+
+const auto t0 = sys_days{year{2026} / 11 / 23} + hours{15} + minutes{40} + seconds{1} + milliseconds{250};
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+std::vector<json::object> events_in(const std::filesystem::path& p) {
+  std::vector<json::object> out;
+  std::istringstream in(slurp(p));
+  for (std::string l; std::getline(in, l);) {
+    INFO(l);
+    auto v = json::parse(l);
+    REQUIRE(v.is_object());
+    out.push_back(v.as_object());
+  }
+  return out;
+}
+
+std::string str(const json::object& o, const char* k) {
+  auto* v = o.if_contains(k);
+  return v && v->is_string() ? std::string(v->as_string()) : std::string("<missing " + std::string(k) + ">");
+}
+
+std::unique_ptr<audit_log> open_log(const std::filesystem::path& p, util::clock& clk) {
+  auto a = audit_log::open(p, "edge-1", clk);
+  INFO((a ? std::string() : a.error().message));
+  REQUIRE(a.has_value());
+  return std::move(*a);
+}
+
+} // namespace
+
+TEST_CASE("each audit event is one JSON line with time, event, node and its fields", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  auto a = open_log(dir / "audit.log", clk);
+  a->node_started("0.1.0", json::object{{"admin", "127.0.0.1:9310"}});
+  a->config_reloaded("/etc/edgerelay/edge.toml", {"queue.max_retry, queue.retry_backoff"}, {"node.sync"},
+                     {"listen: cannot read key"});
+  a->config_reload_rejected("/etc/edgerelay/edge.toml", {"edge.toml: queue.max_bytes: \"x\" is not a size"});
+  a->deadletter_op("retry", {"127.0.0.1", "URI:spiffe://ops/alice"}, json::object{{"all", true}}, 42);
+  a->deadletter_op_failed("purge", {"127.0.0.1", ""}, json::object{{"ids", json::array{"a:1"}}}, "store closed");
+  a->auth_denied("listen", "127.0.0.9", "URI:spiffe://fleet/outsider", "not_allowed", "identity [...] matches none");
+  a->node_stopped();
+
+  auto ev = events_in(dir / "audit.log");
+  REQUIRE(ev.size() == 7);
+  for (auto& e : ev) {
+    CHECK(str(e, "time") == "2026-11-23T15:40:01.250Z");
+    CHECK(str(e, "node") == "edge-1");
+    // time, event and node come first in every line
+    auto it = e.begin();
+    CHECK(it->key() == "time");
+    CHECK((++it)->key() == "event");
+    CHECK((++it)->key() == "node");
+  }
+  CHECK(str(ev[0], "event") == "node_start");
+  CHECK(str(ev[0], "version") == "0.1.0");
+  CHECK(ev[0].at("pid").as_int64() == static_cast<std::int64_t>(::getpid()));
+  CHECK(str(ev[0].at("listeners").as_object(), "admin") == "127.0.0.1:9310");
+
+  CHECK(str(ev[1], "event") == "config_reload");
+  CHECK(ev[1].at("applied").as_array() == json::array{"queue.max_retry, queue.retry_backoff"});
+  CHECK(ev[1].at("restart_required").as_array() == json::array{"node.sync"});
+  CHECK(ev[1].at("failed").as_array() == json::array{"listen: cannot read key"});
+  CHECK(str(ev[1], "source") == "/etc/edgerelay/edge.toml");
+
+  CHECK(str(ev[2], "event") == "config_reload_rejected");
+  CHECK(ev[2].at("errors").as_array().size() == 1);
+
+  CHECK(str(ev[3], "event") == "deadletter_retry");
+  CHECK(str(ev[3], "client") == "127.0.0.1");
+  CHECK(str(ev[3], "identity") == "URI:spiffe://ops/alice");
+  CHECK(ev[3].at("filter").as_object().at("all").as_bool());
+  CHECK(ev[3].at("count").to_number<std::uint64_t>() == 42);
+
+  CHECK(str(ev[4], "event") == "deadletter_purge");
+  CHECK(str(ev[4], "error") == "store closed");
+  CHECK_FALSE(ev[4].contains("count"));
+
+  CHECK(str(ev[5], "event") == "auth_denied");
+  CHECK(str(ev[5], "listener") == "listen");
+  CHECK(str(ev[5], "remote") == "127.0.0.9");
+  CHECK(str(ev[5], "identity") == "URI:spiffe://fleet/outsider");
+  CHECK(str(ev[5], "reason") == "not_allowed");
+
+  CHECK(str(ev[6], "event") == "node_stop");
+}
+
+TEST_CASE("certificate rotation, reload failure and CRL reload events carry their fields", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  auto a = open_log(dir / "audit.log", clk);
+  auto old_na = sys_days{year{2026} / 12 / 1} + hours{0};
+  auto new_na = sys_days{year{2027} / 3 / 1} + hours{12};
+  a->cert_rotated("listen", old_na, new_na, "AB:CD:EF");
+  clk.advance(seconds(2));
+  a->cert_reload_failed("peer:hub", "/etc/edgerelay/pki/edge.key", "key does not match certificate");
+  a->crl_reloaded("listen", 3);
+
+  auto ev = events_in(dir / "audit.log");
+  REQUIRE(ev.size() == 3);
+  CHECK(str(ev[0], "event") == "cert_rotated");
+  CHECK(str(ev[0], "name") == "listen");
+  CHECK(str(ev[0], "old_not_after") == "2026-12-01T00:00:00.000Z");
+  CHECK(str(ev[0], "new_not_after") == "2027-03-01T12:00:00.000Z");
+  CHECK(str(ev[0], "fingerprint") == "AB:CD:EF");
+  CHECK(str(ev[1], "event") == "cert_reload_failed");
+  CHECK(str(ev[1], "time") == "2026-11-23T15:40:03.250Z");
+  CHECK(str(ev[1], "name") == "peer:hub");
+  CHECK(str(ev[1], "path") == "/etc/edgerelay/pki/edge.key");
+  CHECK(str(ev[1], "reason") == "key does not match certificate");
+  CHECK(str(ev[2], "event") == "crl_reloaded");
+  CHECK(ev[2].at("entries").to_number<std::uint64_t>() == 3);
+}
+
+TEST_CASE("audit fields with quotes, newlines and invalid UTF-8 still make one parseable line", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  auto a = open_log(dir / "audit.log", clk);
+  a->auth_denied("listen", "::1", "", "unknown_ca", std::string("subject \"CN=x\"\nnext line \xff\xfe end"));
+  auto text = slurp(dir / "audit.log");
+  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  auto ev = events_in(dir / "audit.log");
+  REQUIRE(ev.size() == 1);
+  CHECK_THAT(str(ev[0], "detail"), Contains("subject \"CN=x\"\nnext line "));
+  CHECK_THAT(str(ev[0], "detail"), Contains("\xEF\xBF\xBD")); // U+FFFD
+}
+
+TEST_CASE("the audit log appends across reopenings and a torn last line is skipped, never merged",
+          "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  const auto path = dir / "audit.log";
+  open_log(path, clk)->node_started("1", {});
+  // A power cut in the middle of the second event: half a line, no newline.
+  {
+    std::ofstream out(path, std::ios::app | std::ios::binary);
+    out << R"({"time":"2026-11-23T15:40:01.250Z","event":"node_st)";
+  }
+  open_log(path, clk)->node_stopped();
+
+  auto text = slurp(path);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 3); // the torn line was ended, not continued
+  auto tail = read_audit_tail(path, 100);
+  REQUIRE(tail.has_value());
+  CHECK(tail->skipped == 1);
+  REQUIRE(tail->events.size() == 2);
+  CHECK(str(tail->events[0], "event") == "node_start");
+  CHECK(str(tail->events[1], "event") == "node_stop");
+  CHECK(tail->lines.size() == 2);
+
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0640);
+}
+
+TEST_CASE("read_audit_tail keeps the newest events and drops a partial first line when reading from mid-file",
+          "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  const auto path = dir / "audit.log";
+  auto a = open_log(path, clk);
+  for (int i = 0; i < 50; ++i)
+    a->crl_reloaded("listen", static_cast<std::uint64_t>(i));
+  auto tail = read_audit_tail(path, 5);
+  REQUIRE(tail.has_value());
+  REQUIRE(tail->events.size() == 5);
+  CHECK(tail->events.front().at("entries").to_number<int>() == 45);
+  CHECK(tail->events.back().at("entries").to_number<int>() == 49);
+  CHECK(tail->skipped == 0);
+
+  auto line_len = tail->lines.back().size() + 1;
+  auto small = read_audit_tail(path, 100, line_len * 3 + 7); // starts 7 bytes into a line
+  REQUIRE(small.has_value());
+  CHECK(small->events.size() == 3);
+  CHECK(small->skipped == 0);
+  CHECK(small->events.back().at("entries").to_number<int>() == 49);
+
+  auto missing = read_audit_tail(dir / "nope.log", 5);
+  REQUIRE(missing.has_error());
+  CHECK_THAT(missing.error().message, Contains("nope.log") && Contains("No such file"));
+}
+
+TEST_CASE("concurrent writers never interleave audit lines", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  auto a = open_log(dir / "audit.log", clk);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i)
+        a->auth_denied("listen", "127.0.0." + std::to_string(t), "", "unknown_ca", std::string(300, 'x'));
+    });
+  for (auto& t : ts)
+    t.join();
+  auto ev = events_in(dir / "audit.log");
+  CHECK(ev.size() == 800);
+  CHECK(a->write_failures() == 0);
+}
+
+TEST_CASE("opening an audit log in a missing directory names the path and the reason", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  auto a = audit_log::open(dir / "no" / "such" / "audit.log", "n", clk);
+  REQUIRE(a.has_error());
+  CHECK_THAT(a.error().message, Contains("no/such/audit.log") && Contains("No such file or directory"));
+}
