@@ -203,6 +203,11 @@ void cert_rotation(context& ctx, telemetry::report& r) {
                 static_cast<std::int64_t>(count_in_file(ctx.work / "edge-data" / "audit.log", "\"cert_rotated\"")));
 
   // Revocation of the edge itself: its live session is closed, it is refused.
+  // The hub's spool being complete does not mean the edge has every ACK yet:
+  // the baseline is taken once the edge's queue is empty, so that ACKs still
+  // in flight are not counted as deliveries after the revocation.
+  bool edge_drained = wait_until([&] { return total(status(edge), "queued") == 0; }, 30s);
+  r.check("edge queue empty before the revocation", true, edge_drained, edge_drained);
   auto delivered_before = total(status(edge), "delivered");
   auto t0 = std::chrono::steady_clock::now();
   if (auto ok = transport::add_revoked(ctx.work / "pki", c.pki.client_cert); !ok)
