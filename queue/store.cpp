@@ -235,6 +235,7 @@ struct store::impl {
   backoff_policy retry_backoff;
   util::clock* clk = nullptr;
   MDB_env* env = nullptr;
+  detail::reader_pool readers; // read-only txns for reuse; ~impl() and grow_map() clear it
   int lock_fd = -1;
   MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0, quota_db = 0,
           records_db = 0;
@@ -269,7 +270,7 @@ struct store::impl {
     map_base = nullptr;
     map_len = 0;
     txn t;
-    if (txn::begin(env, MDB_RDONLY, t) != MDB_SUCCESS) return;
+    if (readers.begin(env, t) != MDB_SUCCESS) return;
     std::string_view v;
     if (t.get(meta, "magic", v) != MDB_SUCCESS) return;
     auto addr = reinterpret_cast<std::uintptr_t>(v.data());
@@ -325,6 +326,7 @@ struct store::impl {
   std::vector<std::pair<peer_rt*, std::uint64_t>> pinned; // eviction victims pinned in this txn
 
   ~impl() {
+    readers.clear();
     if (env) mdb_env_close(env);
     if (lock_fd >= 0) ::close(lock_fd);
   }
@@ -503,6 +505,7 @@ struct store::impl {
     if (map_size >= max_map) return false;
     std::uint64_t next = std::min<std::uint64_t>(max_map, map_size * 2);
     std::unique_lock lk(map_mu);
+    readers.clear(); // nothing reads now (map_mu is exclusive)
     int rc = mdb_env_set_mapsize(env, next);
     if (rc != MDB_SUCCESS) return false;
     map_size = next;
@@ -1563,7 +1566,7 @@ result<std::optional<std::string>> store::get_record(std::string_view key) const
   if (key.empty() || key.size() > 255) return errc::invalid_argument;
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   std::string_view v;
   rc = t.get(impl_->records_db, key, v);
@@ -1584,7 +1587,7 @@ result<std::optional<quota_record>> store::load_quota_state(peer_id peer) const 
   if (!impl_->peer(peer)) return errc::unknown_peer;
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   std::string_view v;
   rc = t.get(impl_->quota_db, be32key(peer), v);
@@ -1645,7 +1648,7 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   std::shared_lock map_lk(impl_->map_mu);
   std::lock_guard lk(p->mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   cursor c;
   rc = cursor::open(t, p->dbi, c);
@@ -1752,7 +1755,7 @@ void store::release(peer_id peer, std::span<const std::uint64_t> keys) {
 result<deadletter_page> store::deadletter_list(const deadletter_filter& f) const {
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   cursor c;
   rc = cursor::open(t, impl_->dl_db, c);
@@ -1800,7 +1803,7 @@ result<deadletter_page> store::deadletter_list(const deadletter_filter& f) const
 result<std::vector<eviction_record>> store::evictions(std::uint64_t after_seq, std::size_t limit) const {
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   cursor c;
   rc = cursor::open(t, impl_->evj_db, c);
@@ -1833,7 +1836,7 @@ result<store::oldest_result> store::oldest_created_ms(peer_id peer, std::size_t 
   if (!p) return errc::unknown_peer;
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   cursor c;
   rc = cursor::open(t, p->dbi, c);
@@ -1888,7 +1891,7 @@ store_stats store::stats() const {
 result<accounting_report> store::verify_accounting() const {
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = txn::begin(impl_->env, MDB_RDONLY, t);
+  int rc = impl_->readers.begin(impl_->env, t);
   if (rc) return lmdb_ec(rc);
   accounting_report rep;
   std::vector<std::pair<peer_id, std::string>> ps = peers();

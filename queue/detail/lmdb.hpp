@@ -9,14 +9,18 @@
 #include <cerrno>
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace edgerelay::queue::detail {
 
 inline MDB_val to_val(std::string_view s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
 inline std::string_view to_view(const MDB_val& v) { return {static_cast<const char*>(v.mv_data), v.mv_size}; }
+
+class reader_pool;
 
 class txn {
 public:
@@ -27,12 +31,13 @@ public:
     if (rc == MDB_SUCCESS) out = txn{t};
     return rc;
   }
-  explicit txn(MDB_txn* t) : t_(t) {}
-  txn(txn&& o) noexcept : t_(std::exchange(o.t_, nullptr)) {}
+  explicit txn(MDB_txn* t, reader_pool* pool = nullptr) : t_(t), pool_(pool) {}
+  txn(txn&& o) noexcept : t_(std::exchange(o.t_, nullptr)), pool_(std::exchange(o.pool_, nullptr)) {}
   txn& operator=(txn&& o) noexcept {
     if (this != &o) {
       abort();
       t_ = std::exchange(o.t_, nullptr);
+      pool_ = std::exchange(o.pool_, nullptr);
     }
     return *this;
   }
@@ -42,10 +47,8 @@ public:
 
   MDB_txn* get() const noexcept { return t_; }
   explicit operator bool() const noexcept { return t_ != nullptr; }
-  int commit() { return mdb_txn_commit(std::exchange(t_, nullptr)); }
-  void abort() noexcept {
-    if (t_) mdb_txn_abort(std::exchange(t_, nullptr));
-  }
+  int commit();
+  void abort() noexcept;
 
   // get: MDB_SUCCESS, MDB_NOTFOUND or an error.
   int get(MDB_dbi dbi, std::string_view key, std::string_view& value) const {
@@ -72,7 +75,82 @@ public:
 
 private:
   MDB_txn* t_ = nullptr;
+  reader_pool* pool_ = nullptr; // a read-only txn that goes back to its pool
 };
+
+// Read-only transactions that are reset and renewed instead of begun and
+// aborted. mdb_txn_begin(MDB_RDONLY) allocates and zeroes a transaction sized
+// by the environment's maxdbs (about 250 KB at 4,096), which made every small
+// read cost a fresh mmap'd, page-faulted allocation; a renewed one costs a
+// reader-slot update. The environment must be opened with MDB_NOTLS (a reset
+// txn may be renewed on any thread). clear() before mdb_env_set_mapsize and
+// before mdb_env_close.
+class reader_pool {
+public:
+  explicit reader_pool(std::size_t capacity = 16) : cap_(capacity) {}
+  reader_pool(const reader_pool&) = delete;
+  reader_pool& operator=(const reader_pool&) = delete;
+  ~reader_pool() { clear(); }
+
+  int begin(MDB_env* env, txn& out) {
+    MDB_txn* t = nullptr;
+    {
+      std::lock_guard lk(mu_);
+      if (!free_.empty()) {
+        t = free_.back();
+        free_.pop_back();
+      }
+    }
+    if (t) {
+      int rc = mdb_txn_renew(t);
+      if (rc != MDB_SUCCESS) {
+        mdb_txn_abort(t);
+        return rc;
+      }
+    } else if (int rc = mdb_txn_begin(env, nullptr, MDB_RDONLY, &t); rc != MDB_SUCCESS) {
+      return rc;
+    }
+    out = txn{t, this};
+    return MDB_SUCCESS;
+  }
+  void release(MDB_txn* t) noexcept {
+    mdb_txn_reset(t);
+    {
+      std::lock_guard lk(mu_);
+      if (free_.size() < cap_) {
+        free_.push_back(t);
+        return;
+      }
+    }
+    mdb_txn_abort(t);
+  }
+  void clear() noexcept {
+    std::lock_guard lk(mu_);
+    for (auto* t : free_)
+      mdb_txn_abort(t);
+    free_.clear();
+  }
+
+private:
+  std::mutex mu_;
+  std::vector<MDB_txn*> free_;
+  std::size_t cap_;
+};
+
+inline int txn::commit() {
+  if (pool_) { // a read-only txn has nothing to commit
+    std::exchange(pool_, nullptr)->release(std::exchange(t_, nullptr));
+    return MDB_SUCCESS;
+  }
+  return mdb_txn_commit(std::exchange(t_, nullptr));
+}
+inline void txn::abort() noexcept {
+  if (!t_) return;
+  if (pool_)
+    std::exchange(pool_, nullptr)->release(std::exchange(t_, nullptr));
+  else
+    mdb_txn_abort(std::exchange(t_, nullptr));
+}
 
 class cursor {
 public:
