@@ -36,6 +36,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <unordered_set>
 
 namespace edgerelay::relay {
 
@@ -353,6 +354,7 @@ protected:
         if (state_ == holding_quota || state_ == outside_window) state_ = connected;
         return true;
       }
+      settle(); // what was sent before the hold is accounted for before the hold shows
       {
         std::lock_guard lk(mu_);
         if (d.reason == bandwidth::hold_reason::quota) state_ = holding_quota;
@@ -370,6 +372,10 @@ protected:
     shared_->wire_bytes += bytes;
     shared_->uncompressed_bytes += bytes;
   }
+
+  // Completes whatever the forwarder still has in flight (called before a
+  // bandwidth hold is shown).
+  virtual void settle() {}
 
   template <class F>
   void launch(F&& body) {
@@ -402,14 +408,24 @@ private:
 
 // Delivers a peer's queue into a durable spool directory. Runs on its own
 // thread because every append is fsynced before the segments are acked.
+//
+// The acknowledgement of a spooled batch (an LMDB commit, fsynced) overlaps
+// the next batch's append and fsync: at most one ack is in flight, so at most
+// two batches are in the spool and still queued at any instant. A crash
+// there leaves them queued; on restart the writer reads the ids at the end
+// of the spool and the first batches skip what is already written, so a
+// crash of the sink delivers nothing twice.
 class file_forwarder final : public threaded_forwarder {
 public:
+  static constexpr std::size_t max_batch_segments = 4096;
+  static constexpr std::size_t max_acks_in_flight = 1;
+
   file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared)
       : threaded_forwarder(n, p, id, std::move(shared)) {}
   ~file_forwarder() override { stop(); }
 
   void start() override {
-    auto w = spool_writer::open(cfg_.spool_dir);
+    auto w = spool_writer::open(cfg_.spool_dir, 64ull << 20, (max_acks_in_flight + 1) * max_batch_segments);
     if (!w) {
       std::lock_guard lk(mu_);
       last_error_ = w.error().message;
@@ -418,8 +434,12 @@ public:
       return;
     }
     writer_ = std::move(*w);
+    recent_.insert(writer_->recent_ids().begin(), writer_->recent_ids().end());
     state_ = connected;
-    launch([this] { run(); });
+    launch([this] {
+      run();
+      settle();
+    });
   }
   json::object status() const override {
     std::lock_guard lk(mu_);
@@ -436,53 +456,81 @@ private:
     for (;;) {
       if (stopping()) return;
       if (!wait_budget(1)) return;
-      auto b = n_.store->read_batch(id_, 4096, config().batch_max_bytes);
+      auto b = n_.store->read_batch(id_, max_batch_segments, config().batch_max_bytes);
       if (!b || b->segments.empty()) {
         if (!pause(50ms)) return;
         continue;
       }
       std::vector<spool_input> recs;
       std::vector<std::uint64_t> keys;
+      std::vector<std::int64_t> created;
       std::uint64_t bytes = 0;
+      bool all_known = !recent_.empty();
       for (auto& s : b->segments) {
-        recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
         keys.push_back(s.key);
+        created.push_back(s.created_ms);
+        if (!recent_.empty() && recent_.count(std::string(s.id))) continue; // spooled before a crash
+        all_known = false;
+        recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
         bytes += s.payload.size() + s.id.size() + s.stream.size();
       }
-      if (!wait_budget(bytes)) {
-        n_.store->release(id_, keys);
-        return;
+      // What a crash left spooled and queued is the head of the queue; once a
+      // batch goes past it, nothing later can be in the spool.
+      if (!recent_.empty() && !all_known) recent_.clear();
+      if (!recs.empty()) {
+        if (!wait_budget(bytes)) {
+          n_.store->release(id_, keys);
+          return;
+        }
+        auto before = writer_->bytes_written();
+        auto r = writer_->append(recs);
+        count_wire(writer_->bytes_written() - before);
+        if (!r) {
+          {
+            std::lock_guard lk(mu_);
+            last_error_ = r.error().message;
+            state_ = backing_off;
+          }
+          spdlog::error("peer {}: {}", name_, r.error().message);
+          shared_->metrics.attempt(attempt_result::error);
+          n_.store->nack_wait(id_, keys, r.error().message);
+          std::unique_lock lk(mu_);
+          cv_.wait_for(lk, 1s, [&] { return stopping_; });
+          state_ = connected;
+          continue;
+        }
       }
-      auto before = writer_->bytes_written();
-      auto r = writer_->append(recs);
-      count_wire(writer_->bytes_written() - before);
-      if (!r) {
+      wait_acks(max_acks_in_flight - 1);
+      {
+        std::lock_guard lk(mu_);
+        ++acks_in_flight_;
+      }
+      n_.store->ack(id_, std::move(keys), [this, created = std::move(created)](boost::system::error_code ec) {
+        if (!ec) {
+          shared_->metrics.attempt(attempt_result::ok);
+          const auto now = n_.now_ms();
+          for (auto c : created)
+            shared_->metrics.delivered(c, now);
+        }
         {
           std::lock_guard lk(mu_);
-          last_error_ = r.error().message;
-          state_ = backing_off;
+          if (ec) last_error_ = "ack after spool write failed: " + ec.message();
+          --acks_in_flight_;
         }
-        spdlog::error("peer {}: {}", name_, r.error().message);
-        shared_->metrics.attempt(attempt_result::error);
-        n_.store->nack_wait(id_, keys, r.error().message);
-        std::unique_lock lk(mu_);
-        cv_.wait_for(lk, 1s, [&] { return stopping_; });
-        state_ = connected;
-        continue;
-      }
-      if (auto ec = n_.store->ack_wait(id_, keys)) {
-        std::lock_guard lk(mu_);
-        last_error_ = "ack after spool write failed: " + ec.message();
-        continue;
-      }
-      shared_->metrics.attempt(attempt_result::ok);
-      const auto now = n_.now_ms();
-      for (auto& sg : b->segments)
-        shared_->metrics.delivered(sg.created_ms, now);
+        cv_.notify_all();
+      });
     }
+  }
+  void settle() override { wait_acks(0); }
+  // Waits until at most n acknowledgements are in flight.
+  void wait_acks(std::size_t n) {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return acks_in_flight_ <= n; });
   }
 
   std::unique_ptr<spool_writer> writer_;
+  std::unordered_set<std::string> recent_; // ids at the spool's end when it was opened
+  std::size_t acks_in_flight_ = 0;
   std::string last_error_;
 };
 

@@ -7,8 +7,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fcntl.h>
-#include <fstream>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -51,14 +52,69 @@ bool write_all(int fd, const char* p, std::size_t n) {
   }
   return true;
 }
+
+// Reads one spool file's records in order; `n` numbers them across files.
+// Returns false when `visit` asked to stop.
+boost::system::result<bool, error> read_file(const std::filesystem::path& path, std::uint64_t& n,
+                                             const std::function<bool(const spool_record&)>& visit) {
+  // Mapped, not read into memory: a file is up to the rotation size (64 MiB).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io_error("cannot read spool file " + path.string(), errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    return io_error("cannot read spool file " + path.string(), e);
+  }
+  const auto size = static_cast<std::size_t>(st.st_size);
+  void* map = size ? ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
+  int map_errno = errno;
+  ::close(fd);
+  if (map == MAP_FAILED) return io_error("cannot map spool file " + path.string(), map_errno);
+  struct unmap {
+    void* p;
+    std::size_t n;
+    ~unmap() {
+      if (p) ::munmap(p, n);
+    }
+  } guard{map, size};
+  if (map) ::madvise(map, size, MADV_SEQUENTIAL);
+  std::string_view data(static_cast<const char*>(map), size);
+  if (data.compare(0, file_magic.size(), file_magic) != 0)
+    return error{make_error_code(errc::malformed), path.string() + ": not a spool file (bad magic)"};
+  util::reader rd(data.substr(file_magic.size()));
+  while (rd.remaining() > 0) {
+    if (rd.remaining() < 4) break; // torn tail
+    auto len = rd.u32();
+    if (rd.remaining() < len) break; // torn tail
+    auto body = rd.bytes(len);
+    util::reader r(body);
+    spool_record rec;
+    rec.id = std::string(r.bytes(r.u8()));
+    rec.stream = std::string(r.bytes(r.u8()));
+    rec.created_ms = static_cast<std::int64_t>(r.u64());
+    rec.checksum = r.u64();
+    rec.payload = std::string(r.bytes(r.u32()));
+    auto crc = r.u32();
+    if (!r.ok() || r.remaining() != 0 ||
+        crc != static_cast<std::uint32_t>(util::checksum(body.substr(0, body.size() - 4)))) {
+      if (rd.remaining() == 0) break; // the last record was torn
+      return error{make_error_code(errc::malformed),
+                   path.string() + ": damaged record " + std::to_string(n) + " (crc or length)"};
+    }
+    ++n;
+    if (!visit(rec)) return false;
+  }
+  return true;
+}
 } // namespace
 
 spool_writer::~spool_writer() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-boost::system::result<std::unique_ptr<spool_writer>, error> spool_writer::open(const std::filesystem::path& dir,
-                                                                               std::uint64_t rotate_bytes) {
+boost::system::result<std::unique_ptr<spool_writer>, error>
+spool_writer::open(const std::filesystem::path& dir, std::uint64_t rotate_bytes, std::size_t recent_ids) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return error{ec, "cannot create spool directory " + dir.string() + ": " + ec.message()};
@@ -66,6 +122,32 @@ boost::system::result<std::unique_ptr<spool_writer>, error> spool_writer::open(c
   w->dir_ = dir;
   w->rotate_ = rotate_bytes;
   auto files = list_files(dir);
+  // The ids of the last records already in the spool: a crash between a
+  // batch's fsync and its acknowledgement leaves those segments queued, and
+  // the sink must not write them twice (see recent_ids()). Each append goes
+  // into one file and at most two appends are unacknowledged, so they are in
+  // the newest two files that hold records (every start opens a new file,
+  // which stays empty when the node stops again before writing).
+  if (recent_ids > 0) {
+    std::vector<std::filesystem::path> tail;
+    for (auto it = files.rbegin(); it != files.rend() && tail.size() < 2; ++it) {
+      std::error_code sec;
+      auto sz = std::filesystem::file_size(it->second, sec);
+      if (sec || sz > file_magic.size()) tail.insert(tail.begin(), it->second); // unreadable: read_file says why
+    }
+    std::deque<std::string> ring;
+    std::uint64_t n = 0;
+    for (auto& path : tail) {
+      auto ok = read_file(path, n, [&](const spool_record& r) {
+        ring.push_back(r.id);
+        if (ring.size() > recent_ids) ring.pop_front();
+        return true;
+      });
+      if (!ok)
+        return error{ok.error().code, "cannot read the end of the spool to resume it: " + ok.error().message};
+    }
+    w->recent_.assign(std::make_move_iterator(ring.begin()), std::make_move_iterator(ring.end()));
+  }
   // Always start a new file: a torn tail of the last one stays where readers skip it.
   w->seq_ = files.empty() ? 1 : files.back().first + 1;
   if (auto r = w->roll(); !r) return r.error();
@@ -120,39 +202,16 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
   return {};
 }
 
+
 boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::path& dir,
                                                        const std::function<bool(const spool_record&)>& visit) {
   if (!std::filesystem::is_directory(dir))
     return error{make_error_code(errc::not_found), dir.string() + " is not a spool directory"};
   std::uint64_t n = 0;
   for (auto& [seq, path] : list_files(dir)) {
-    std::ifstream in(path, std::ios::binary);
-    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (data.compare(0, file_magic.size(), file_magic) != 0)
-      return error{make_error_code(errc::malformed), path.string() + ": not a spool file (bad magic)"};
-    util::reader rd(std::string_view(data).substr(file_magic.size()));
-    while (rd.remaining() > 0) {
-      if (rd.remaining() < 4) break; // torn tail
-      auto len = rd.u32();
-      if (rd.remaining() < len) break; // torn tail
-      auto body = rd.bytes(len);
-      util::reader r(body);
-      spool_record rec;
-      rec.id = std::string(r.bytes(r.u8()));
-      rec.stream = std::string(r.bytes(r.u8()));
-      rec.created_ms = static_cast<std::int64_t>(r.u64());
-      rec.checksum = r.u64();
-      rec.payload = std::string(r.bytes(r.u32()));
-      auto crc = r.u32();
-      if (!r.ok() || r.remaining() != 0 ||
-          crc != static_cast<std::uint32_t>(util::checksum(body.substr(0, body.size() - 4)))) {
-        if (rd.remaining() == 0) break; // the last record was torn
-        return error{make_error_code(errc::malformed),
-                     path.string() + ": damaged record " + std::to_string(n) + " (crc or length)"};
-      }
-      ++n;
-      if (!visit(rec)) return n;
-    }
+    auto more = read_file(path, n, visit);
+    if (!more) return more.error();
+    if (!*more) return n;
   }
   return n;
 }

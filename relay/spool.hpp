@@ -40,9 +40,15 @@ struct spool_input {
 // Owns the directory; one writer (not thread-safe: the sink calls it from one strand).
 class spool_writer {
 public:
-  static boost::system::result<std::unique_ptr<spool_writer>, error> open(const std::filesystem::path& dir,
-                                                                          std::uint64_t rotate_bytes = 64ull << 20);
+  // Opens `dir` (created if missing) and starts a new file. Reads the ids of
+  // the last `recent_ids` records of the newest two files (see recent_ids()).
+  static boost::system::result<std::unique_ptr<spool_writer>, error>
+  open(const std::filesystem::path& dir, std::uint64_t rotate_bytes = 64ull << 20, std::size_t recent_ids = 0);
   ~spool_writer();
+  // The ids of the records at the end of the spool when it was opened, oldest
+  // first: what a crash between an append's fsync and its acknowledgement may
+  // have left both in the spool and still queued. The sink skips those.
+  const std::vector<std::string>& recent_ids() const noexcept { return recent_; }
   // Appends every record and fsyncs; true only when all are durable.
   boost::system::result<void, error> append(const std::vector<spool_input>& records);
   std::uint64_t bytes_written() const noexcept { return written_; }
@@ -51,6 +57,7 @@ private:
   spool_writer() = default;
   boost::system::result<void, error> roll();
   std::filesystem::path dir_;
+  std::vector<std::string> recent_;
   std::uint64_t rotate_ = 0, file_bytes_ = 0, written_ = 0, seq_ = 0;
   int fd_ = -1;
 };

@@ -98,3 +98,54 @@ TEST_CASE("reading something that is not a spool directory fails clearly", "[spo
   REQUIRE_FALSE(n.has_value());
   CHECK_THAT(n.error().message, Contains("bad magic"));
 }
+
+TEST_CASE("a reopened spool knows the ids at its end, across the newest two files", "[spool]") {
+  test::temp_dir d("spool");
+  std::string p(300, 'y');
+  {
+    auto w = relay::spool_writer::open(d.path(), 1000, 4);
+    REQUIRE(w.has_value());
+    CHECK((*w)->recent_ids().empty()); // a new spool has nothing at its end
+    // 300 B payloads, rotation at 1,000 B: files of 2 records (e:0 e:1 | e:2 e:3 | e:4)
+    for (int i = 0; i < 5; ++i)
+      REQUIRE((*w)->append({{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}}).has_value());
+  }
+  auto w = relay::spool_writer::open(d.path(), 1000, 4);
+  REQUIRE(w.has_value());
+  // The newest two files hold e:2, e:3 and e:4; the oldest file is not read.
+  CHECK((*w)->recent_ids() == std::vector<std::string>{"e:2", "e:3", "e:4"});
+  w->reset();
+  // Restarts that wrote nothing leave empty files behind: they are passed over.
+  { auto again = relay::spool_writer::open(d.path(), 1000, 2); }
+  auto kept = relay::spool_writer::open(d.path(), 1000, 2);
+  REQUIRE(kept.has_value());
+  CHECK((*kept)->recent_ids() == std::vector<std::string>{"e:3", "e:4"});
+}
+
+TEST_CASE("a reopened spool keeps only the last ids asked for, and a torn tail is not among them", "[spool]") {
+  test::temp_dir d("spool");
+  {
+    auto w = relay::spool_writer::open(d.path());
+    std::vector<relay::spool_input> recs;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 10; ++i)
+      ids.push_back("e:" + std::to_string(i));
+    for (auto& id : ids)
+      recs.push_back({id, "s", 0, util::checksum(id), id});
+    REQUIRE((*w)->append(recs).has_value());
+  }
+  auto f = only_file(d.path());
+  std::filesystem::resize_file(f, std::filesystem::file_size(f) - 2); // e:9 torn by a crash
+  auto w = relay::spool_writer::open(d.path(), 64 << 20, 3);
+  REQUIRE(w.has_value());
+  CHECK((*w)->recent_ids() == std::vector<std::string>{"e:6", "e:7", "e:8"});
+}
+
+TEST_CASE("a spool whose end cannot be read refuses to open, naming the file", "[spool]") {
+  test::temp_dir d("spool");
+  std::ofstream(d / "spool-0000000000000001.ers") << "NOTSPOOL, but some other file";
+  auto w = relay::spool_writer::open(d.path(), 64 << 20, 8);
+  REQUIRE_FALSE(w.has_value());
+  CHECK_THAT(w.error().message, Contains("spool-0000000000000001.ers") && Contains("bad magic") &&
+                                    Contains("cannot read the end of the spool"));
+}
