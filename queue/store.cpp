@@ -26,6 +26,7 @@
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace edgerelay {
 void throw_exception_from_error(const error& e, const boost::source_location& loc) {
@@ -61,7 +62,11 @@ const char* to_string(sync_mode s) noexcept { return s == sync_mode::full ? "ful
 
 namespace {
 
-constexpr std::uint32_t format_version = 1;
+// 2: ids_by_time keys are i64 time ‖ u64 sequence with the id as the value
+// (appended in key order); format 1 keyed them i64 time ‖ id with an empty
+// value. A format 1 store is upgraded when it is opened: its old entries
+// stay readable until they expire.
+constexpr std::uint32_t format_version = 2;
 constexpr std::string_view magic = "edgerelay-store";
 constexpr std::size_t max_read_scan = 65536; // entries examined per read_batch at most
 // Pages of the read-only map that a drain has touched stay resident (and
@@ -319,6 +324,23 @@ struct store::impl {
   bool stopping = false;
   std::thread writer;
   std::mt19937_64 rng{std::random_device{}()};
+
+  // The last ids_by_time key (time, sequence): every new key is greater, so
+  // it is appended (writer thread only).
+  std::int64_t idt_ms = 0;
+  std::uint64_t idt_seq = 0;
+  std::string next_idt_key(std::int64_t now, std::int64_t& ts) {
+    if (now > idt_ms) {
+      idt_ms = now;
+      idt_seq = 0;
+    } else {
+      ++idt_seq;
+    }
+    ts = idt_ms;
+    std::string k = key64(static_cast<std::uint64_t>(idt_ms));
+    k += key64(idt_seq);
+    return k;
+  }
 
   // Working copies for the transaction in progress (writer thread only).
   std::vector<peer_counters> work;
@@ -824,6 +846,10 @@ struct store::impl {
     r.eres.first_seq = wglob.oseq;
     wglob.oseq += fresh_without_id;
     std::uint64_t oseq = r.eres.first_seq;
+    // The first pass looked every id up before this request wrote any; an id
+    // repeated inside the request is caught here, without a second lookup.
+    std::unordered_set<std::string_view> ids_here;
+    if (segs.size() > 1 && fresh_without_id < segs.size()) ids_here.reserve(segs.size());
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
       if (r.eres.status[i] == item_status::duplicate) {
@@ -835,16 +861,11 @@ struct store::impl {
       rec.checksum = s.checksum ? *s.checksum : util::checksum(s.payload);
       rec.stream = s.stream;
       rec.payload = s.payload;
-      if (!s.id.empty()) {
-        // An id seen earlier in this transaction (the same id twice in a request) counts once.
-        std::string_view seen;
-        rc = w.get(ids_db, s.id, seen);
-        if (rc == MDB_SUCCESS && static_cast<std::int64_t>(key64(seen)) + opt.dedupe_window.count() >= now) {
-          r.eres.status[i] = item_status::duplicate;
-          ++wglob.duplicates;
-          continue;
-        }
-        if (rc && rc != MDB_NOTFOUND) return rc;
+      if (!s.id.empty() && segs.size() > 1 && !ids_here.insert(s.id).second) {
+        // The same id twice in one request counts once.
+        r.eres.status[i] = item_status::duplicate;
+        ++wglob.duplicates;
+        continue;
       }
       if (s.id.empty()) {
         std::memcpy(idbuf, opt.node_id.data(), opt.node_id.size());
@@ -853,11 +874,11 @@ struct store::impl {
         rec.id = std::string_view(idbuf, static_cast<std::size_t>(e - idbuf));
       } else {
         rec.id = s.id;
-        rc = w.put(ids_db, s.id, key64(static_cast<std::uint64_t>(now)));
+        std::int64_t ts = 0;
+        std::string tk = next_idt_key(now, ts);
+        rc = w.put(ids_db, s.id, key64(static_cast<std::uint64_t>(ts)));
         if (rc) return rc;
-        std::string tk = key64(static_cast<std::uint64_t>(now));
-        tk.append(s.id);
-        rc = w.put(ids_t_db, tk, {});
+        rc = w.put(ids_t_db, tk, s.id, MDB_APPEND);
         if (rc) return rc;
       }
       std::size_t sz = detail::record_size(rec);
@@ -1156,7 +1177,8 @@ struct store::impl {
         if (kv.size() < 8) return MDB_CORRUPTED;
         auto ts = static_cast<std::int64_t>(key64(kv.substr(0, 8)));
         if (ts + opt.dedupe_window.count() >= now) break;
-        std::string id(kv.substr(8));
+        // Format 2: time ‖ sequence -> id. Format 1: time ‖ id -> empty.
+        std::string id(vv.empty() ? kv.substr(8) : vv);
         rc = c.del();
         if (rc) return rc;
         std::string_view seen;
@@ -1348,6 +1370,12 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
                                            "\"; segment ids depend on the node id, so use that node's config or "
                                            "a new data_dir");
     if (w.get(m->meta, "globals", v) == MDB_SUCCESS) m->cglob = globals::decode(v);
+    if (format < format_version) {
+      std::string f(4, '\0');
+      util::put_be32(reinterpret_cast<unsigned char*>(f.data()), format_version);
+      rc = w.put(m->meta, "format", f);
+      if (rc) return fail(lmdb_ec(rc), "cannot upgrade the store format in " + dir + ": " + describe(rc));
+    }
   } else if (has_meta) {
     return fail(errc::store_foreign, dir + " holds an LMDB environment that edgerelay did not create");
   } else {
@@ -1391,6 +1419,20 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
       if (qc.get(lk, lv, MDB_LAST) == MDB_SUCCESS) m->cglob.gseq = std::max(m->cglob.gseq, key64(lk) + 1);
       m->by_name.emplace(p->name, p->id);
       m->peers.push_back(std::move(p));
+    }
+  }
+  // New ids_by_time keys go after every stored one (a format 1 key, time ‖ id,
+  // sorts after every time ‖ sequence key of the same millisecond).
+  {
+    cursor c;
+    cursor::open(w, m->ids_t_db, c);
+    std::string_view lk, lv;
+    if (c.get(lk, lv, MDB_LAST) == MDB_SUCCESS && lk.size() >= 8) {
+      m->idt_ms = static_cast<std::int64_t>(key64(lk.substr(0, 8)));
+      if (lk.size() == 16 && !lv.empty())
+        m->idt_seq = key64(lk.substr(8));
+      else
+        ++m->idt_ms;
     }
   }
   rc = w.commit();

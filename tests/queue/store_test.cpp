@@ -602,6 +602,89 @@ TEST_CASE("a received id seen within the dedupe window is dropped as a duplicate
   f.check_accounting();
 }
 
+namespace {
+std::string be64(std::uint64_t v) {
+  std::string k(8, '\0');
+  for (int i = 7; i >= 0; --i, v >>= 8)
+    k[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+  return k;
+}
+// Rewrites a closed store as format 1 left it: format record 1, and the given
+// received ids in "ids" and "ids_by_time" keyed time ‖ id with an empty value.
+void make_format1(const std::filesystem::path& data, std::int64_t ms, const std::vector<std::string>& ids) {
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  mdb_env_set_maxdbs(env, 4096);
+  REQUIRE(mdb_env_open(env, data.c_str(), 0, 0640) == 0);
+  MDB_txn* t = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, 0, &t) == 0);
+  MDB_dbi meta, idsdb, idt;
+  REQUIRE(mdb_dbi_open(t, "meta", 0, &meta) == 0);
+  REQUIRE(mdb_dbi_open(t, "ids", 0, &idsdb) == 0);
+  REQUIRE(mdb_dbi_open(t, "ids_by_time", 0, &idt) == 0);
+  auto put = [&](MDB_dbi d, std::string k, std::string v) {
+    MDB_val kv{k.size(), k.data()}, vv{v.size(), v.data()};
+    REQUIRE(mdb_put(t, d, &kv, &vv, 0) == 0);
+  };
+  put(meta, "format", std::string("\0\0\0\1", 4));
+  for (auto& id : ids) {
+    put(idsdb, id, be64(static_cast<std::uint64_t>(ms)));
+    put(idt, be64(static_cast<std::uint64_t>(ms)) + id, "");
+  }
+  REQUIRE(mdb_txn_commit(t) == 0);
+  mdb_env_close(env);
+}
+std::uint32_t stored_format(const std::filesystem::path& data) {
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  mdb_env_set_maxdbs(env, 4096);
+  REQUIRE(mdb_env_open(env, data.c_str(), MDB_RDONLY, 0640) == 0);
+  MDB_txn* t = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == 0);
+  MDB_dbi meta;
+  REQUIRE(mdb_dbi_open(t, "meta", 0, &meta) == 0);
+  std::string k = "format";
+  MDB_val kv{k.size(), k.data()}, vv{};
+  REQUIRE(mdb_get(t, meta, &kv, &vv) == 0);
+  REQUIRE(vv.mv_size == 4);
+  auto* b = static_cast<const unsigned char*>(vv.mv_data);
+  std::uint32_t f = (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) | b[3];
+  mdb_txn_abort(t);
+  mdb_env_close(env);
+  return f;
+}
+} // namespace
+
+TEST_CASE("a format 1 store is upgraded on open: its received ids still dedupe and expire") {
+  fixture f([](auto& o) { o.dedupe_window = 1h; });
+  const queue::peer_id to[] = {f.a};
+  std::string p = "payload";
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          f.clk.system_now().time_since_epoch())
+                          .count();
+  f.s.reset();
+  // Ids received in the same millisecond as the format 1 entries sort on both
+  // sides of the new keys' sequence numbers: "old:1" and "zz:9".
+  make_format1(f.opt.data_dir, now_ms, {"old:1", "zz:9"});
+  f.open();
+  CHECK(stored_format(f.opt.data_dir) == 2);
+  auto r1 = f.s->enqueue_wait({{"s1", p, to, "old:1"}, {"s1", p, to, "new:1"}, {"s1", p, to, "zz:9"}});
+  REQUIRE_FALSE(r1.ec);
+  CHECK(r1.status ==
+        std::vector{queue::item_status::duplicate, queue::item_status::stored, queue::item_status::duplicate});
+  f.reopen();
+  auto r2 = f.s->enqueue_wait({{"s1", p, to, "new:1"}, {"s1", p, to, "new:2"}});
+  CHECK(r2.status == std::vector{queue::item_status::duplicate, queue::item_status::stored});
+  f.clk.advance(61min);
+  auto m = f.s->maintenance_wait();
+  REQUIRE(m);
+  CHECK(m->dedupe_expired == 4); // two format 1 entries, two format 2 entries
+  auto r3 = f.s->enqueue_wait({{"s1", p, to, "old:1"}, {"s1", p, to, "new:1"}, {"s1", p, to, "zz:9"}});
+  CHECK(r3.status ==
+        std::vector{queue::item_status::stored, queue::item_status::stored, queue::item_status::stored});
+  f.check_accounting();
+}
+
 TEST_CASE("bad segments are refused with a precise error and nothing is stored") {
   fixture f([](auto& o) { o.max_segment_bytes = 100; });
   const queue::peer_id to[] = {f.a};
