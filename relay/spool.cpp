@@ -4,6 +4,7 @@
 #include "util/checksum.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 namespace edgerelay::relay {
@@ -175,8 +177,25 @@ boost::system::result<void, error> spool_writer::roll() {
 }
 
 boost::system::result<void, error> spool_writer::append(const std::vector<spool_input>& records) {
+  // Small records are framed whole into `buf`; a large payload is not copied
+  // but written from where it is (the store's read buffer) with writev.
+  constexpr std::size_t inline_below = 16 * 1024;
+  struct piece {
+    const char* ext; // nullptr: `off` into buf
+    std::size_t off, len;
+  };
   std::string buf;
+  std::vector<piece> pieces;
+  std::uint64_t total = 0;
+  auto add_buf = [&](std::size_t from) {
+    if (buf.size() == from) return;
+    if (!pieces.empty() && !pieces.back().ext && pieces.back().off + pieces.back().len == from)
+      pieces.back().len += buf.size() - from;
+    else
+      pieces.push_back({nullptr, from, buf.size() - from});
+  };
   for (auto& r : records) {
+    const bool inline_payload = r.payload.size() < inline_below;
     std::size_t start = buf.size();
     buf.append(4, '\0');
     util::writer w(buf);
@@ -187,18 +206,48 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
     w.u64(static_cast<std::uint64_t>(r.created_ms));
     w.u64(r.checksum);
     w.u32(static_cast<std::uint32_t>(r.payload.size()));
-    w.bytes(r.payload);
-    auto crc = static_cast<std::uint32_t>(util::checksum(std::string_view(buf).substr(start + 4)));
+    std::uint32_t crc = 0;
+    if (inline_payload) {
+      w.bytes(r.payload);
+      crc = static_cast<std::uint32_t>(util::checksum(std::string_view(buf).substr(start + 4)));
+    } else {
+      crc = static_cast<std::uint32_t>(util::checksum({std::string_view(buf).substr(start + 4), r.payload}));
+    }
+    const std::size_t len = buf.size() - start - 4 + (inline_payload ? 0 : r.payload.size()) + 4;
+    util::put_be32(reinterpret_cast<unsigned char*>(buf.data() + start), static_cast<std::uint32_t>(len));
+    if (!inline_payload) {
+      add_buf(start);
+      pieces.push_back({r.payload.data(), 0, r.payload.size()});
+      start = buf.size();
+    }
     w.u32(crc);
-    util::put_be32(reinterpret_cast<unsigned char*>(buf.data() + start),
-                   static_cast<std::uint32_t>(buf.size() - start - 4));
+    add_buf(start);
+    total += len + 4;
   }
-  if (file_bytes_ > file_magic.size() && file_bytes_ + buf.size() > rotate_)
+  if (file_bytes_ > file_magic.size() && file_bytes_ + total > rotate_)
     if (auto r = roll(); !r) return r.error();
-  if (!write_all(fd_, buf.data(), buf.size())) return io_error("spool write in " + dir_.string(), errno);
+  std::vector<iovec> iov;
+  iov.reserve(pieces.size());
+  for (auto& p : pieces)
+    iov.push_back({const_cast<char*>(p.ext ? p.ext : buf.data() + p.off), p.len});
+  std::size_t i = 0;
+  while (i < iov.size()) {
+    auto n = ::writev(fd_, iov.data() + i, static_cast<int>(std::min<std::size_t>(iov.size() - i, IOV_MAX)));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return io_error("spool write in " + dir_.string(), errno);
+    }
+    auto done = static_cast<std::size_t>(n);
+    while (i < iov.size() && done >= iov[i].iov_len)
+      done -= iov[i++].iov_len;
+    if (done) { // a short write inside iov[i]
+      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + done;
+      iov[i].iov_len -= done;
+    }
+  }
   if (::fdatasync(fd_) != 0) return io_error("spool fsync in " + dir_.string(), errno);
-  file_bytes_ += buf.size();
-  written_ += buf.size();
+  file_bytes_ += total;
+  written_ += total;
   return {};
 }
 
