@@ -4,8 +4,8 @@
 #include "util/checksum.hpp"
 
 #include <algorithm>
-#include <climits>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -145,8 +145,7 @@ spool_writer::open(const std::filesystem::path& dir, std::uint64_t rotate_bytes,
         if (ring.size() > recent_ids) ring.pop_front();
         return true;
       });
-      if (!ok)
-        return error{ok.error().code, "cannot read the end of the spool to resume it: " + ok.error().message};
+      if (!ok) return error{ok.error().code, "cannot read the end of the spool to resume it: " + ok.error().message};
     }
     w->recent_.assign(std::make_move_iterator(ring.begin()), std::make_move_iterator(ring.end()));
   }
@@ -250,7 +249,6 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
   written_ += total;
   return {};
 }
-
 
 boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::path& dir,
                                                        const std::function<bool(const spool_record&)>& visit) {

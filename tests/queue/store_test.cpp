@@ -659,9 +659,8 @@ TEST_CASE("a format 1 store is upgraded on open: its received ids still dedupe a
   fixture f([](auto& o) { o.dedupe_window = 1h; });
   const queue::peer_id to[] = {f.a};
   std::string p = "payload";
-  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          f.clk.system_now().time_since_epoch())
-                          .count();
+  const auto now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(f.clk.system_now().time_since_epoch()).count();
   f.s.reset();
   // Ids received in the same millisecond as the format 1 entries sort on both
   // sides of the new keys' sequence numbers: "old:1" and "zz:9".
@@ -680,8 +679,7 @@ TEST_CASE("a format 1 store is upgraded on open: its received ids still dedupe a
   REQUIRE(m);
   CHECK(m->dedupe_expired == 4); // two format 1 entries, two format 2 entries
   auto r3 = f.s->enqueue_wait({{"s1", p, to, "old:1"}, {"s1", p, to, "new:1"}, {"s1", p, to, "zz:9"}});
-  CHECK(r3.status ==
-        std::vector{queue::item_status::stored, queue::item_status::stored, queue::item_status::stored});
+  CHECK(r3.status == std::vector{queue::item_status::stored, queue::item_status::stored, queue::item_status::stored});
   f.check_accounting();
 }
 
