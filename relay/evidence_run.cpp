@@ -33,7 +33,7 @@ std::span<const scenario_info> scenario_list() noexcept {
       {"RL-BAND-01", "bandwidth modes unlimited, rate, quota, hot reload; daily quota reset", &bandwidth_modes},
       {"RL-MULT-01", "two peers: a dead peer neither delays nor loses the other's deliveries", &multi_peer},
       {"RL-CONN-01", "contested link: flapping, resets mid-batch, blackhole, high latency, no loss", &contested_link},
-      {"RL-CRAS-01", "crash consistency: repeated kill -9 of the edge under load, then restart", &crash_kill9},
+      {"RL-CRAS-01", "crash consistency: repeated kill -9 of the edge, then of the hub, under load", &crash_kill9},
       {"XC-CERT-01", "certificate rotation without downtime: detection within 2 s, continuity, revocation, audit",
        &cert_rotation},
       {"XC-CERT-02", "trust-chain rejection: missing, invalid chain, expired, revoked, wrong server name",

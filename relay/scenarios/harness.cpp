@@ -289,6 +289,12 @@ std::vector<std::string> send_segments(const std::string& ingest_url, const std:
 
 // ------------------------------------------------------------ the spool
 
+std::size_t count_spool_records(const std::filesystem::path& spool) {
+  if (!std::filesystem::is_directory(spool)) return 0;
+  auto n = read_spool(spool, [](const spool_record&) { return true; });
+  return n ? static_cast<std::size_t>(*n) : 0;
+}
+
 spool_check check_spool(const std::filesystem::path& spool, const sent_map& sent) {
   spool_check c;
   c.expected = sent.size();

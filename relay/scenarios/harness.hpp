@@ -154,6 +154,8 @@ struct spool_check {
   std::uint64_t payload_bytes = 0;
 };
 spool_check check_spool(const std::filesystem::path& spool, const sent_map& sent);
+// Records in the spool now (0 while it does not exist yet).
+std::size_t count_spool_records(const std::filesystem::path& spool);
 // check_spool until every expected id is there or `limit` passes.
 spool_check wait_spool(const std::filesystem::path& spool, const sent_map& sent, std::chrono::milliseconds limit);
 

@@ -9,7 +9,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
+#include <iterator>
 #include <mutex>
+#include <random>
 #include <set>
 #include <sys/wait.h>
 #include <thread>
@@ -57,6 +60,17 @@ void queue_management(context& ctx, telemetry::report& r) {
   // and the metrics with what was sent, then let the queue drain.
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
+  // The hub is restarted too (second part): it keeps the port it bound, so
+  // the edge's peer URL stays right.
+  {
+    std::ifstream in(hub.config);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto at = text.find("address = \"127.0.0.1:0\"");
+    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
+    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
+    std::ofstream(hub.config) << text;
+  }
+  const auto hub_config = hub.config;
   auto proxy = refusing_proxy(hub.listen);
   auto edge = start_node(ctx, "edge",
                          edge_toml(ctx, "edge", std::string("max_retry = 1000\n") + fast_retry,
@@ -163,6 +177,17 @@ void dead_letter(context& ctx, telemetry::report& r) {
                          "third must expire by retention";
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
+  // The hub is restarted too (second part): it keeps the port it bound, so
+  // the edge's peer URL stays right.
+  {
+    std::ifstream in(hub.config);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto at = text.find("address = \"127.0.0.1:0\"");
+    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
+    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
+    std::ofstream(hub.config) << text;
+  }
+  const auto hub_config = hub.config;
   auto proxy = refusing_proxy(hub.listen);
   auto edge = start_node(ctx, "edge",
                          edge_toml(ctx, "edge",
@@ -283,6 +308,17 @@ void multi_peer(context& ctx, telemetry::report& r) {
   // The same load with a second, dead peer routed every segment too.
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
+  // The hub is restarted too (second part): it keeps the port it bound, so
+  // the edge's peer URL stays right.
+  {
+    std::ifstream in(hub.config);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto at = text.find("address = \"127.0.0.1:0\"");
+    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
+    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
+    std::ofstream(hub.config) << text;
+  }
+  const auto hub_config = hub.config;
   impair_options o;
   o.upstream = {boost::asio::ip::address_v4::loopback(), port_of(hub.listen)};
   o.initial.blackhole = true;
@@ -332,13 +368,26 @@ void multi_peer(context& ctx, telemetry::report& r) {
 
 void crash_kill9(context& ctx, telemetry::report& r) {
   const int kills = ctx.quick ? 3 : 10;
+  const int hub_kills = ctx.quick ? 3 : 10;
   const std::size_t per_request = 50;
   r.parameters["kills"] = kills;
+  r.parameters["hub_kills"] = hub_kills;
   r.parameters["segments_per_request"] = per_request;
   r.parameters["segment_bytes"] = "1..4096 (random)";
   r.parameters["sync"] = "full";
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
+  // The hub is restarted too (second part): it keeps the port it bound, so
+  // the edge's peer URL stays right.
+  {
+    std::ifstream in(hub.config);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto at = text.find("address = \"127.0.0.1:0\"");
+    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
+    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
+    std::ofstream(hub.config) << text;
+  }
+  const auto hub_config = hub.config;
   auto edge =
       start_node(ctx, "edge",
                  edge_toml(ctx, "edge",
@@ -420,8 +469,88 @@ void crash_kill9(context& ctx, telemetry::report& r) {
                 static_cast<std::int64_t>(c.records), total(es, "delivered"));
   r.metrics["cycles"] = std::move(cycles);
   r.metrics["recovery_seconds"] = recover_s;
-  r.metrics["hub_duplicates_dropped"] = total(hs, "duplicates");
   r.metrics["sink"] = to_json(c);
+
+  // Second part: kill -9 of the hub while its file sink writes. The sink
+  // acknowledges a spooled batch while it writes the next, so a kill can
+  // leave up to two batches both in the spool and queued; after the restart
+  // nothing may reach the spool twice, and the edge's retries of batches
+  // whose ACK was lost are dropped by the hub's dedupe.
+  const auto records_before = c.records;
+  int hub_killed = 0, hub_under_load = 0;
+  json::array hub_cycles;
+  {
+    std::atomic<bool> stop{false};
+    std::size_t acked = 0;
+    std::string producer_end;
+    const std::string ingest = edge.ingest_url();
+    std::thread producer([&] {
+      std::mt19937_64 rng(909);
+      try {
+        for (int round = 0; round < 100000 && !stop; ++round) {
+          sent_map batch;
+          send_segments(
+              ingest, "crash", per_request, [](auto& g) { return 1 + g() % 4096; }, rng, batch, per_request);
+          std::lock_guard lk(mu);
+          sent.insert(batch.begin(), batch.end());
+          acked += batch.size();
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lk(mu);
+        producer_end = e.what();
+      }
+    });
+    for (int k = 0; k < hub_kills; ++k) {
+      const auto cycle_start = std::chrono::steady_clock::now();
+      const std::size_t base = count_spool_records(spool);
+      // Kill while the sink writes: after it spooled some more since the last start.
+      const bool loaded = wait_until([&] { return count_spool_records(spool) >= base + 300; }, 20s, 20ms);
+      std::this_thread::sleep_for(std::chrono::milliseconds(kill_rng() % (ctx.quick ? 300 : 1500)));
+      std::size_t acked_now = 0;
+      {
+        std::lock_guard lk(mu);
+        acked_now = acked;
+      }
+      const int st = hub.proc.stop(SIGKILL);
+      if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) ++hub_killed;
+      hub_under_load += loaded ? 1 : 0;
+      hub = restart_node(ctx, "hub", hub_config);
+      hub_cycles.push_back(json::object{{"cycle", k + 1},
+                                        {"spool_records_before", base},
+                                        {"sink_spooled_300_more_before_the_kill", loaded},
+                                        {"acknowledged_by_the_edge_so_far", acked_now},
+                                        {"cycle_seconds", seconds_since(cycle_start)}});
+    }
+    stop = true;
+    producer.join();
+    std::lock_guard lk(mu);
+    if (!producer_end.empty()) throw scenario_error("producer stopped during the hub kills: " + producer_end);
+  }
+  r.check_equal("hub processes ended by SIGKILL", hub_kills, hub_killed);
+  r.check_equal("hub kills while its sink was writing (300 more records spooled since the last start)", hub_kills,
+                hub_under_load);
+  auto c2 = wait_spool(spool, sent, ctx.quick ? 60s : 300s);
+  bool settled2 = wait_until(
+      [&] {
+        auto s = status(edge);
+        return total(s, "queued") == 0 && total(s, "inflight") == 0;
+      },
+      30s, 100ms);
+  auto es2 = status(edge), hs2 = status(hub);
+  c2 = check_spool(spool, sent);
+  r.check("segments spooled across the hub kills", json::object{{"at_least", 300 * hub_kills}},
+          c2.records - records_before, c2.records - records_before >= static_cast<std::size_t>(300 * hub_kills));
+  // The edge was not killed in this part: the only unacknowledged extras are the first part's.
+  check_delivery(r, "after the hub kills", c2, per_request * static_cast<std::size_t>(kills));
+  r.check("edge queue empty after the hub kills", true, settled2, settled2);
+  r.check_equal("accounting identity gap (hub, after its restarts)", 0, identity_gap(hs2));
+  r.check_equal("loss (hub status, after its restarts)", 0, total(hs2, "loss"));
+  r.check_equal("loss (edge status, after the hub kills)", 0, total(es2, "loss"));
+  r.check_equal("edge delivered = sink records (after the hub kills)", static_cast<std::int64_t>(c2.records),
+                total(es2, "delivered"));
+  r.metrics["hub_cycles"] = std::move(hub_cycles);
+  r.metrics["hub_duplicates_dropped"] = total(hs2, "duplicates");
+  r.metrics["sink_after_hub_kills"] = to_json(c2);
   r.limitation("kill -9 of the process only: power-loss crash states (lost page cache, torn writes) are not "
                "exercised by this scenario");
   edge.proc.stop();
