@@ -289,6 +289,55 @@ std::vector<std::string> send_segments(const std::string& ingest_url, const std:
 
 // ------------------------------------------------------------ the spool
 
+background_producer::background_producer(std::string ingest_url, std::string stream, std::size_t per_request,
+                                         std::function<std::size_t(std::mt19937_64&)> size, std::uint64_t seed,
+                                         std::chrono::milliseconds pause) {
+  thread_ = std::thread([this, url = std::move(ingest_url), stream = std::move(stream), per_request,
+                         size = std::move(size), seed, pause] {
+    std::mt19937_64 rng(seed);
+    try {
+      for (int round = 0; round < 1000000 && !stop_; ++round) {
+        sent_map batch;
+        send_segments(url, stream, per_request, size, rng, batch, per_request);
+        {
+          std::lock_guard lk(mu_);
+          acked_ += batch.size();
+          sent_.insert(batch.begin(), batch.end());
+        }
+        if (pause.count()) std::this_thread::sleep_for(pause);
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard lk(mu_);
+      error_ = e.what();
+    }
+  });
+}
+void background_producer::stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+std::size_t background_producer::acknowledged() const {
+  std::lock_guard lk(mu_);
+  return acked_;
+}
+sent_map background_producer::take_sent() {
+  std::lock_guard lk(mu_);
+  return std::exchange(sent_, {});
+}
+std::string background_producer::error() const {
+  std::lock_guard lk(mu_);
+  return error_;
+}
+
+bool wait_settled(const node_proc& n, std::chrono::milliseconds limit) {
+  return wait_until(
+      [&] {
+        auto s = status(n);
+        return total(s, "queued") == 0 && total(s, "inflight") == 0;
+      },
+      limit, 100ms);
+}
+
 std::size_t count_spool_records(const std::filesystem::path& spool) {
   if (!std::filesystem::is_directory(spool)) return 0;
   auto n = read_spool(spool, [](const spool_record&) { return true; });

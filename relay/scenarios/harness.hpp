@@ -23,17 +23,20 @@
 
 #include <boost/json/object.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <sys/types.h>
+#include <thread>
 #include <vector>
 
 namespace edgerelay::relay::scenarios {
@@ -140,6 +143,35 @@ using sent_map = std::map<std::string, std::uint64_t>;
 std::vector<std::string> send_segments(const std::string& ingest_url, const std::string& stream, std::size_t count,
                                        const std::function<std::size_t(std::mt19937_64&)>& size, std::mt19937_64& rng,
                                        sent_map& sent, std::size_t per_request = 100);
+
+// A producer thread that POSTs requests of `per_request` segments to an
+// edge's ingest until stop() (or until a request fails: the edge is gone),
+// pausing `pause` between requests. Every segment of a 201 goes into
+// sent(); the error that ended it, if any, is in error().
+class background_producer {
+public:
+  background_producer(std::string ingest_url, std::string stream, std::size_t per_request,
+                      std::function<std::size_t(std::mt19937_64&)> size, std::uint64_t seed,
+                      std::chrono::milliseconds pause = std::chrono::milliseconds{0});
+  ~background_producer() { stop(); }
+  background_producer(const background_producer&) = delete;
+  background_producer& operator=(const background_producer&) = delete;
+  void stop();
+  std::size_t acknowledged() const; // segments acknowledged since the start
+  sent_map take_sent();             // what was acknowledged so far (moved out)
+  std::string error() const;
+
+private:
+  mutable std::mutex mu_;
+  sent_map sent_;
+  std::size_t acked_ = 0;
+  std::string error_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Waits until the node's queue holds nothing (queued and inflight 0).
+bool wait_settled(const node_proc& n, std::chrono::milliseconds limit);
 
 // ------------------------------------------------------------ the spool
 

@@ -311,12 +311,7 @@ void contested_link(context& ctx, telemetry::report& r) {
   note("clear, producer stopped");
   auto t0 = std::chrono::steady_clock::now();
   auto cs = wait_spool(spool, sent, ctx.quick ? 90s : 300s);
-  bool settled = wait_until(
-      [&] {
-        auto s = status(edge);
-        return total(s, "queued") == 0 && total(s, "inflight") == 0;
-      },
-      30s, 100ms);
+  bool settled = wait_settled(edge, 30s);
   const double drain_s = seconds_since(t0);
   auto es = status(edge), hs = status(hub);
   auto pc = proxy->counters();

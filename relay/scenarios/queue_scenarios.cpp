@@ -395,35 +395,15 @@ void crash_kill9(context& ctx, telemetry::report& r) {
                            "multiplier = 2.0, jitter = 0.2}",
                            {relay_peer(ctx, "hub", hub.listen, "dial_timeout = \"2s\"\nack_timeout = \"5s\"")}));
   const auto config = edge.config;
+  const auto segment_size = [](std::mt19937_64& g) -> std::size_t { return 1 + g() % 4096; };
   sent_map sent;
-  std::mutex mu;
   int killed_by_signal = 0, under_load = 0;
   std::int64_t accepted_before = 0;
   json::array cycles;
   std::mt19937_64 kill_rng(4242);
   for (int k = 0; k < kills; ++k) {
     if (k > 0) edge = restart_node(ctx, "edge", config);
-    std::atomic<bool> stop{false};
-    std::size_t acked_this_cycle = 0;
-    std::string producer_end;
-    const std::string ingest = edge.ingest_url();
-    std::thread producer([&, k] {
-      std::mt19937_64 rng(808 + static_cast<unsigned>(k));
-      try {
-        for (int round = 0; round < 100000 && !stop; ++round) {
-          sent_map batch;
-          send_segments(
-              ingest, "crash", per_request, [](auto& g) { return 1 + g() % 4096; }, rng, batch, per_request);
-          std::lock_guard lk(mu);
-          sent.insert(batch.begin(), batch.end());
-          acked_this_cycle += batch.size();
-        }
-      } catch (const std::exception& e) {
-        // Expected once the edge is gone (a request in flight at the kill has no 201).
-        std::lock_guard lk(mu);
-        producer_end = e.what();
-      }
-    });
+    background_producer producer(edge.ingest_url(), "crash", per_request, segment_size, 808 + static_cast<unsigned>(k));
     // Kill while deliveries are under way: after the hub accepted some more.
     const auto cycle_start = std::chrono::steady_clock::now();
     const bool loaded = wait_until([&] { return total(status(hub), "accepted") >= accepted_before + 300; }, 20s, 20ms);
@@ -431,16 +411,17 @@ void crash_kill9(context& ctx, telemetry::report& r) {
     std::this_thread::sleep_for(std::chrono::milliseconds(kill_rng() % (ctx.quick ? 300 : 1500)));
     const int st = edge.proc.stop(SIGKILL);
     if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) ++killed_by_signal;
-    stop = true;
-    producer.join();
+    // Expected to end with an error: a request in flight at the kill has no 201.
+    producer.stop();
     accepted_before = total(status(hub), "accepted");
-    std::lock_guard lk(mu);
+    const auto acked_this_cycle = producer.acknowledged();
+    sent.merge(producer.take_sent());
     cycles.push_back(json::object{{"cycle", k + 1},
                                   {"acknowledged", acked_this_cycle},
                                   {"hub_accepted", accepted_before},
                                   {"hub_accepted_300_more_before_the_kill", loaded},
                                   {"cycle_seconds", seconds_since(cycle_start)},
-                                  {"producer_ended", producer_end}});
+                                  {"producer_ended", producer.error()}});
     under_load += acked_this_cycle > 0 ? 1 : 0;
   }
   r.check_equal("edge processes ended by SIGKILL", kills, killed_by_signal);
@@ -448,12 +429,7 @@ void crash_kill9(context& ctx, telemetry::report& r) {
   edge = restart_node(ctx, "edge", config);
   auto t0 = std::chrono::steady_clock::now();
   auto c = wait_spool(spool, sent, ctx.quick ? 60s : 300s);
-  bool settled = wait_until(
-      [&] {
-        auto s = status(edge);
-        return total(s, "queued") == 0 && total(s, "inflight") == 0;
-      },
-      30s, 100ms);
+  bool settled = wait_settled(edge, 30s);
   const double recover_s = seconds_since(t0);
   auto es = status(edge), hs = status(hub);
   // Unacknowledged segments committed before a kill may still be arriving
@@ -480,37 +456,14 @@ void crash_kill9(context& ctx, telemetry::report& r) {
   int hub_killed = 0, hub_under_load = 0;
   json::array hub_cycles;
   {
-    std::atomic<bool> stop{false};
-    std::size_t acked = 0;
-    std::string producer_end;
-    const std::string ingest = edge.ingest_url();
-    std::thread producer([&] {
-      std::mt19937_64 rng(909);
-      try {
-        for (int round = 0; round < 100000 && !stop; ++round) {
-          sent_map batch;
-          send_segments(
-              ingest, "crash", per_request, [](auto& g) { return 1 + g() % 4096; }, rng, batch, per_request);
-          std::lock_guard lk(mu);
-          sent.insert(batch.begin(), batch.end());
-          acked += batch.size();
-        }
-      } catch (const std::exception& e) {
-        std::lock_guard lk(mu);
-        producer_end = e.what();
-      }
-    });
+    background_producer producer(edge.ingest_url(), "crash", per_request, segment_size, 909);
     for (int k = 0; k < hub_kills; ++k) {
       const auto cycle_start = std::chrono::steady_clock::now();
       const std::size_t base = count_spool_records(spool);
       // Kill while the sink writes: after it spooled some more since the last start.
       const bool loaded = wait_until([&] { return count_spool_records(spool) >= base + 300; }, 20s, 20ms);
       std::this_thread::sleep_for(std::chrono::milliseconds(kill_rng() % (ctx.quick ? 300 : 1500)));
-      std::size_t acked_now = 0;
-      {
-        std::lock_guard lk(mu);
-        acked_now = acked;
-      }
+      const auto acked_now = producer.acknowledged();
       const int st = hub.proc.stop(SIGKILL);
       if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) ++hub_killed;
       hub_under_load += loaded ? 1 : 0;
@@ -521,21 +474,15 @@ void crash_kill9(context& ctx, telemetry::report& r) {
                                         {"acknowledged_by_the_edge_so_far", acked_now},
                                         {"cycle_seconds", seconds_since(cycle_start)}});
     }
-    stop = true;
-    producer.join();
-    std::lock_guard lk(mu);
-    if (!producer_end.empty()) throw scenario_error("producer stopped during the hub kills: " + producer_end);
+    producer.stop();
+    if (!producer.error().empty()) throw scenario_error("producer stopped during the hub kills: " + producer.error());
+    sent.merge(producer.take_sent());
   }
   r.check_equal("hub processes ended by SIGKILL", hub_kills, hub_killed);
   r.check_equal("hub kills while its sink was writing (300 more records spooled since the last start)", hub_kills,
                 hub_under_load);
   auto c2 = wait_spool(spool, sent, ctx.quick ? 60s : 300s);
-  bool settled2 = wait_until(
-      [&] {
-        auto s = status(edge);
-        return total(s, "queued") == 0 && total(s, "inflight") == 0;
-      },
-      30s, 100ms);
+  bool settled2 = wait_settled(edge, 30s);
   auto es2 = status(edge), hs2 = status(hub);
   c2 = check_spool(spool, sent);
   r.check("segments spooled across the hub kills", json::object{{"at_least", 300 * hub_kills}},

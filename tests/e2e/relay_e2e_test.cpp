@@ -181,6 +181,60 @@ struct cluster {
     CHECK(seen.size() >= sent.size());
     CHECK(seen.size() <= sent.size() + unacknowledged_ok);
   }
+
+  // A producer thread: POSTs requests of `per_request` segments of
+  // `min_size` + (0 .. `spread` - 1) random bytes to the edge until stop(),
+  // `rounds` requests, or the first request without a 201 (why: error()).
+  // Every 201's ids and checksums are in sent().
+  class producer {
+  public:
+    producer(cluster& c, std::uint64_t seed, int per_request, std::size_t min_size, std::size_t spread, int rounds)
+        : thread_([this, &c, seed, per_request, min_size, spread, rounds] {
+            std::mt19937_64 rng(seed);
+            const std::string url = "http://127.0.0.1:" + std::to_string(c.edge_ingest) + "/v1/streams/data/batch";
+            for (int round = 0; round < rounds && !stop_; ++round) {
+              std::string body;
+              std::vector<std::uint64_t> sums;
+              for (int j = 0; j < per_request; ++j) {
+                std::string p(min_size + rng() % spread, '\0');
+                for (auto& ch : p)
+                  ch = static_cast<char>(rng());
+                util::writer(body).u32(static_cast<std::uint32_t>(p.size()));
+                body += p;
+                sums.push_back(util::checksum(p));
+              }
+              auto r = relay::http_call("POST", url, body, 10s);
+              std::lock_guard lk(mu_);
+              if (!r || r->status != 201) {
+                error_ = r ? "HTTP " + std::to_string(r->status) + ": " + r->body : r.error().message;
+                return;
+              }
+              auto ids = json::parse(r->body).at("ids").as_array();
+              for (std::size_t x = 0; x < ids.size(); ++x)
+                sent_[std::string(ids[x].as_string())] = sums[x];
+            }
+          }) {}
+    ~producer() { stop(); }
+    void stop() {
+      stop_ = true;
+      if (thread_.joinable()) thread_.join();
+    }
+    std::map<std::string, std::uint64_t> sent() {
+      std::lock_guard lk(mu_);
+      return sent_;
+    }
+    std::string error() {
+      std::lock_guard lk(mu_);
+      return error_;
+    }
+
+  private:
+    std::mutex mu_;
+    std::map<std::string, std::uint64_t> sent_;
+    std::string error_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_; // last: starts once the members above exist
+  };
 };
 
 std::size_t mixed_size(std::mt19937_64& rng) {
@@ -249,35 +303,11 @@ TEST_CASE("kill -9 of the edge mid-run loses nothing and duplicates nothing at t
   c.start_edge();
   // A producer keeps sending while the edge is killed; every segment it got
   // a 201 for must reach the sink exactly once after the restart.
-  std::map<std::string, std::uint64_t> sent;
-  std::mutex mu;
-  std::atomic<bool> stop{false};
-  std::thread producer([&] {
-    std::mt19937_64 rng(7);
-    const std::string url = "http://127.0.0.1:" + std::to_string(c.edge_ingest) + "/v1/streams/data/batch";
-    for (int round = 0; round < 2000 && !stop; ++round) {
-      std::string body;
-      std::vector<std::uint64_t> sums;
-      for (int j = 0; j < 50; ++j) {
-        std::string p(1 + rng() % 4096, '\0');
-        for (auto& ch : p)
-          ch = static_cast<char>(rng());
-        util::writer(body).u32(static_cast<std::uint32_t>(p.size()));
-        body += p;
-        sums.push_back(util::checksum(p));
-      }
-      auto r = relay::http_call("POST", url, body, 5s);
-      if (!r || r->status != 201) break; // the edge is gone
-      auto ids = json::parse(r->body).at("ids").as_array();
-      std::lock_guard lk(mu);
-      for (std::size_t x = 0; x < ids.size(); ++x)
-        sent[std::string(ids[x].as_string())] = sums[x];
-    }
-  });
+  cluster::producer producer(c, 7, 50, 1, 4096, 2000);
   bool mid = wait_until([&] { return c.spooled().size() > 500; }, 30s);
   c.edge.stop(SIGKILL);
-  stop = true;
-  producer.join();
+  producer.stop(); // it ends on the first request the dead edge cannot answer
+  auto sent = producer.sent();
   REQUIRE(mid);
   auto before = c.spooled().size();
   INFO("acknowledged " << sent.size() << ", at the sink before the restart " << before);
@@ -296,32 +326,7 @@ TEST_CASE("kill -9 of the hub while its sink writes: the spool holds every segme
   // The hub's file sink acknowledges a spooled batch while it writes the
   // next: a kill can leave up to two batches both in the spool and queued.
   // After each restart the sink must skip what the spool already holds.
-  std::map<std::string, std::uint64_t> sent;
-  std::mutex mu;
-  std::atomic<bool> stop{false};
-  std::thread producer([&] {
-    std::mt19937_64 rng(11);
-    const std::string url = "http://127.0.0.1:" + std::to_string(c.edge_ingest) + "/v1/streams/data/batch";
-    for (int round = 0; round < 20000 && !stop; ++round) {
-      std::string body;
-      std::vector<std::uint64_t> sums;
-      for (int j = 0; j < 200; ++j) {
-        std::string p(16 + rng() % 256, '\0');
-        for (auto& ch : p)
-          ch = static_cast<char>(rng());
-        util::writer(body).u32(static_cast<std::uint32_t>(p.size()));
-        body += p;
-        sums.push_back(util::checksum(p));
-      }
-      auto r = relay::http_call("POST", url, body, 10s);
-      REQUIRE(r.has_value());
-      REQUIRE(r->status == 201);
-      auto ids = json::parse(r->body).at("ids").as_array();
-      std::lock_guard lk(mu);
-      for (std::size_t x = 0; x < ids.size(); ++x)
-        sent[std::string(ids[x].as_string())] = sums[x];
-    }
-  });
+  cluster::producer producer(c, 11, 200, 16, 256, 20000);
   int kills = 0;
   for (int i = 0; i < 5; ++i) {
     auto base = c.spooled().size();
@@ -331,15 +336,11 @@ TEST_CASE("kill -9 of the hub while its sink writes: the spool holds every segme
     ++kills;
     c.start_hub();
   }
-  stop = true;
-  producer.join();
+  producer.stop();
   CHECK(kills == 5);
-  std::size_t n = 0;
-  {
-    std::lock_guard lk(mu);
-    n = sent.size();
-  }
-  INFO("acknowledged " << n << " segments, hub killed " << kills << " times");
+  CHECK(producer.error() == ""); // the edge answered every request while the hub was killed
+  auto sent = producer.sent();
+  INFO("acknowledged " << sent.size() << " segments, hub killed " << kills << " times");
   c.check_exactly_once(sent, 120s);
   CHECK(cluster::total(c.status(c.edge_admin), "loss") == 0);
   CHECK(cluster::total(c.status(c.hub_admin), "loss") == 0);
