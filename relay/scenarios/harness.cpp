@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -173,6 +174,20 @@ node_proc start_node(const context& ctx, const std::string& name, const std::str
 }
 
 std::string q(const std::filesystem::path& p) { return json::serialize(json::value(p.string())); }
+
+void pin_listen_port(const node_proc& n) {
+  static constexpr std::string_view any_port = "address = \"127.0.0.1:0\"";
+  std::string text;
+  {
+    std::ifstream in(n.config);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto at = text.find(any_port);
+  if (at == std::string::npos || n.listen.empty())
+    throw scenario_error(n.config.string() + ": no relay listener on port 0 to pin");
+  text.replace(at, any_port.size(), "address = \"" + n.listen + "\"");
+  std::ofstream(n.config) << text;
+}
 
 std::string hub_toml(const context& ctx, const std::string& id, const std::filesystem::path& spool,
                      const std::string& listen_extra) {

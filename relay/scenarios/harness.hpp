@@ -104,6 +104,10 @@ node_proc start_node(const context& ctx, const std::string& name, const std::str
 // Starts the config file as it is now (after a kill or for a restart).
 node_proc restart_node(const context& ctx, const std::string& name, const std::filesystem::path& config);
 
+// Rewrites the node's config so that a restart binds the relay listener to
+// the port it has now (configs use port 0): peers dialling it stay right.
+void pin_listen_port(const node_proc& n);
+
 // TOML fragments. Paths are quoted; every node turns the canary soak off.
 std::string q(const std::filesystem::path& p);
 // A terminal hub: the relay listener (mTLS, dev PKI with CRL) on port 0, the

@@ -9,8 +9,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
-#include <iterator>
 #include <mutex>
 #include <random>
 #include <set>
@@ -60,17 +58,6 @@ void queue_management(context& ctx, telemetry::report& r) {
   // and the metrics with what was sent, then let the queue drain.
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
-  // The hub is restarted too (second part): it keeps the port it bound, so
-  // the edge's peer URL stays right.
-  {
-    std::ifstream in(hub.config);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto at = text.find("address = \"127.0.0.1:0\"");
-    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
-    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
-    std::ofstream(hub.config) << text;
-  }
-  const auto hub_config = hub.config;
   auto proxy = refusing_proxy(hub.listen);
   auto edge = start_node(ctx, "edge",
                          edge_toml(ctx, "edge", std::string("max_retry = 1000\n") + fast_retry,
@@ -177,17 +164,6 @@ void dead_letter(context& ctx, telemetry::report& r) {
                          "third must expire by retention";
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
-  // The hub is restarted too (second part): it keeps the port it bound, so
-  // the edge's peer URL stays right.
-  {
-    std::ifstream in(hub.config);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto at = text.find("address = \"127.0.0.1:0\"");
-    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
-    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
-    std::ofstream(hub.config) << text;
-  }
-  const auto hub_config = hub.config;
   auto proxy = refusing_proxy(hub.listen);
   auto edge = start_node(ctx, "edge",
                          edge_toml(ctx, "edge",
@@ -308,17 +284,6 @@ void multi_peer(context& ctx, telemetry::report& r) {
   // The same load with a second, dead peer routed every segment too.
   auto spool = ctx.work / "spool";
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
-  // The hub is restarted too (second part): it keeps the port it bound, so
-  // the edge's peer URL stays right.
-  {
-    std::ifstream in(hub.config);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto at = text.find("address = \"127.0.0.1:0\"");
-    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
-    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
-    std::ofstream(hub.config) << text;
-  }
-  const auto hub_config = hub.config;
   impair_options o;
   o.upstream = {boost::asio::ip::address_v4::loopback(), port_of(hub.listen)};
   o.initial.blackhole = true;
@@ -379,14 +344,7 @@ void crash_kill9(context& ctx, telemetry::report& r) {
   auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
   // The hub is restarted too (second part): it keeps the port it bound, so
   // the edge's peer URL stays right.
-  {
-    std::ifstream in(hub.config);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto at = text.find("address = \"127.0.0.1:0\"");
-    if (at == std::string::npos) throw scenario_error("hub config without a port 0 listen address");
-    text.replace(at, std::string("address = \"127.0.0.1:0\"").size(), "address = \"" + hub.listen + "\"");
-    std::ofstream(hub.config) << text;
-  }
+  pin_listen_port(hub);
   const auto hub_config = hub.config;
   auto edge =
       start_node(ctx, "edge",
