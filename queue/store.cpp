@@ -263,6 +263,12 @@ struct store::impl {
   // Drops this process's mappings of the map's pages (MADV_DONTNEED on a
   // read-only shared file mapping: later reads fault them back in from the
   // page cache). Caller holds map_mu shared so the map cannot move.
+  // A read-only transaction (from the pool) and a cursor on `dbi` in it.
+  int read_cursor(MDB_dbi dbi, txn& t, cursor& c) {
+    int rc = readers.begin(env, t);
+    return rc ? rc : cursor::open(t, dbi, c);
+  }
+
   void trim_map() {
     if (map_base) ::madvise(map_base, map_len, MADV_DONTNEED);
   }
@@ -1690,10 +1696,8 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   std::shared_lock map_lk(impl_->map_mu);
   std::lock_guard lk(p->mu);
   txn t;
-  int rc = impl_->readers.begin(impl_->env, t);
-  if (rc) return lmdb_ec(rc);
   cursor c;
-  rc = cursor::open(t, p->dbi, c);
+  int rc = impl_->read_cursor(p->dbi, t, c);
   if (rc) return lmdb_ec(rc);
   const std::int64_t now = impl_->now_ms();
   struct taken {
@@ -1797,10 +1801,8 @@ void store::release(peer_id peer, std::span<const std::uint64_t> keys) {
 result<deadletter_page> store::deadletter_list(const deadletter_filter& f) const {
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = impl_->readers.begin(impl_->env, t);
-  if (rc) return lmdb_ec(rc);
   cursor c;
-  rc = cursor::open(t, impl_->dl_db, c);
+  int rc = impl_->read_cursor(impl_->dl_db, t, c);
   if (rc) return lmdb_ec(rc);
   std::optional<peer_id> want_peer;
   if (f.peer) {
@@ -1845,10 +1847,8 @@ result<deadletter_page> store::deadletter_list(const deadletter_filter& f) const
 result<std::vector<eviction_record>> store::evictions(std::uint64_t after_seq, std::size_t limit) const {
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = impl_->readers.begin(impl_->env, t);
-  if (rc) return lmdb_ec(rc);
   cursor c;
-  rc = cursor::open(t, impl_->evj_db, c);
+  int rc = impl_->read_cursor(impl_->evj_db, t, c);
   if (rc) return lmdb_ec(rc);
   std::vector<eviction_record> out;
   std::string start = key64(after_seq + 1);
@@ -1878,10 +1878,8 @@ result<store::oldest_result> store::oldest_created_ms(peer_id peer, std::size_t 
   if (!p) return errc::unknown_peer;
   std::shared_lock map_lk(impl_->map_mu);
   txn t;
-  int rc = impl_->readers.begin(impl_->env, t);
-  if (rc) return lmdb_ec(rc);
   cursor c;
-  rc = cursor::open(t, p->dbi, c);
+  int rc = impl_->read_cursor(p->dbi, t, c);
   if (rc) return lmdb_ec(rc);
   oldest_result out;
   std::string_view kv, vv;

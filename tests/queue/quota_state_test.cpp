@@ -1,4 +1,5 @@
 #include "queue/store.hpp"
+#include "tests/support/lmdb_edit.hpp"
 #include "tests/support/result_printer.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -40,25 +41,6 @@ struct quota_fixture {
     return *p;
   }
 };
-
-// Removes the `quota` table the way a store made before it existed lacks it.
-void drop_quota_table(const std::filesystem::path& data_dir) {
-  MDB_env* env = nullptr;
-  REQUIRE(mdb_env_create(&env) == MDB_SUCCESS);
-  mdb_env_set_maxdbs(env, 64);
-  REQUIRE(mdb_env_open(env, data_dir.c_str(), MDB_NOTLS, 0640) == MDB_SUCCESS);
-  MDB_txn* t = nullptr;
-  REQUIRE(mdb_txn_begin(env, nullptr, 0, &t) == MDB_SUCCESS);
-  MDB_dbi dbi;
-  REQUIRE(mdb_dbi_open(t, "quota", 0, &dbi) == MDB_SUCCESS);
-  REQUIRE(mdb_drop(t, dbi, 1) == MDB_SUCCESS);
-  REQUIRE(mdb_txn_commit(t) == MDB_SUCCESS);
-  // The table is really gone.
-  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == MDB_SUCCESS);
-  CHECK(mdb_dbi_open(t, "quota", 0, &dbi) == MDB_NOTFOUND);
-  mdb_txn_abort(t);
-  mdb_env_close(env);
-}
 
 } // namespace
 
@@ -144,7 +126,7 @@ TEST_CASE("a store made before the quota table existed opens, keeps its data and
   auto e = f.s->enqueue_wait({queue::segment_in{"s1", payload, peers}});
   REQUIRE_FALSE(e.ec);
   f.s.reset();
-  drop_quota_table(f.opt.data_dir);
+  test::drop_store_table(f.opt.data_dir, "quota");
 
   f.open();
   REQUIRE(f.s->find_peer("a") == a);

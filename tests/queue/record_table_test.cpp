@@ -1,4 +1,5 @@
 #include "queue/store.hpp"
+#include "tests/support/lmdb_edit.hpp"
 #include "tests/support/result_printer.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -39,24 +40,6 @@ struct record_fixture {
     return *r;
   }
 };
-
-// Removes the `records` table the way a store made before it existed lacks it.
-void drop_records_table(const std::filesystem::path& data_dir) {
-  MDB_env* env = nullptr;
-  REQUIRE(mdb_env_create(&env) == MDB_SUCCESS);
-  mdb_env_set_maxdbs(env, 64);
-  REQUIRE(mdb_env_open(env, data_dir.c_str(), MDB_NOTLS, 0640) == MDB_SUCCESS);
-  MDB_txn* t = nullptr;
-  REQUIRE(mdb_txn_begin(env, nullptr, 0, &t) == MDB_SUCCESS);
-  MDB_dbi dbi;
-  REQUIRE(mdb_dbi_open(t, "records", 0, &dbi) == MDB_SUCCESS);
-  REQUIRE(mdb_drop(t, dbi, 1) == MDB_SUCCESS);
-  REQUIRE(mdb_txn_commit(t) == MDB_SUCCESS);
-  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == MDB_SUCCESS);
-  CHECK(mdb_dbi_open(t, "records", 0, &dbi) == MDB_NOTFOUND);
-  mdb_txn_abort(t);
-  mdb_env_close(env);
-}
 
 } // namespace
 
@@ -124,7 +107,7 @@ TEST_CASE("a store made before the records table existed opens, keeps its data a
   const queue::peer_id peers[] = {*a};
   REQUIRE_FALSE(f.s->enqueue_wait({queue::segment_in{"s1", payload, peers}}).ec);
   f.s.reset();
-  drop_records_table(f.opt.data_dir);
+  test::drop_store_table(f.opt.data_dir, "records");
 
   f.open();
   REQUIRE(f.s->find_peer("a") == *a);
