@@ -559,6 +559,12 @@ struct store::impl {
     txn w;
     int rc = txn::begin(env, 0, w);
     if (rc) return rc;
+    // overflow = block: enqueues wait for room in the order they came. Once
+    // one parks, the later ones (their deadlines are later too) park without
+    // being tried, so a full queue costs one attempt per transaction, not one
+    // per waiting request.
+    bool park_rest = false, all_parked = true;
+    const auto now = clk->steady_now();
     for (auto& r : group) {
       r->parked = false;
       r->shed = false;
@@ -570,11 +576,22 @@ struct store::impl {
         r->eres.message = "the store's map reached its ceiling of " + std::to_string(max_map) +
                           " bytes; free space by delivering or purging, or raise the capacity";
         r->shed = true;
+        all_parked = false;
+        continue;
+      }
+      if (park_rest && r->k == request::kind::enqueue && r->deadline && now < *r->deadline) {
+        r->parked = true;
         continue;
       }
       rc = apply(w, *r);
       if (rc) return rc;
+      if (r->parked)
+        park_rest = true;
+      else
+        all_parked = false;
     }
+    // Nothing changed: no commit (and no fsync) for a group that only waits.
+    if (all_parked) return MDB_SUCCESS;
     // Persist the counters of this transaction.
     for (std::size_t i = 0; i < work.size(); ++i) {
       if (i < committed.size() && std::memcmp(&work[i], &committed[i], sizeof(peer_counters)) == 0) continue;

@@ -513,6 +513,45 @@ TEST_CASE("overflow block waits for room and fails after block_timeout") {
   f.check_accounting();
 }
 
+TEST_CASE("overflow block: waiting enqueues complete in the order they came and cost no commits while they wait") {
+  fixture f([](auto& o) {
+    o.max_bytes = 3000;
+    o.overflow = queue::overflow_policy::block;
+    o.block_timeout = 10s;
+  });
+  f.put(20, {f.a}, 100);
+  const queue::peer_id to[] = {f.a};
+  const auto commits_before = f.s->stats().commits;
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<std::future<void>> done;
+  // A big one that needs nearly the whole capacity, then two small ones that
+  // would fit now: they must not overtake it.
+  std::string big(2400, 'b'), small(50, 's');
+  for (auto [name, payload] : {std::pair{"big", &big}, std::pair{"small1", &small}, std::pair{"small2", &small}}) {
+    auto pr = std::make_shared<std::promise<void>>();
+    done.push_back(pr->get_future());
+    f.s->enqueue({{"s1", *payload, to}}, [&, pr, name](queue::enqueue_result&& r) {
+      CHECK_FALSE(r.ec);
+      {
+        std::lock_guard lk(mu);
+        order.push_back(name);
+      }
+      pr->set_value();
+    });
+  }
+  for (auto& d : done)
+    CHECK(d.wait_for(100ms) == std::future_status::timeout);
+  CHECK(f.s->stats().commits == commits_before); // waiting is not written
+  // Acking the 20 first segments makes room for all three.
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 20))));
+  for (auto& d : done)
+    REQUIRE(d.wait_for(5s) == std::future_status::ready);
+  CHECK(order == std::vector<std::string>{"big", "small1", "small2"});
+  CHECK(f.s->stats().peers.at(0).counters.queued == 3);
+  f.check_accounting();
+}
+
 TEST_CASE("evict_lru evicts least recently used unleased segments and journals each") {
   fixture f([](auto& o) {
     o.max_bytes = 1000;
