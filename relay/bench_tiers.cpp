@@ -5,6 +5,7 @@
 #include "transport/pki.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
+#include "util/units.hpp"
 
 #include <boost/json.hpp>
 
@@ -624,8 +625,8 @@ public:
 private:
   void start_nodes() {
     auto hub_toml = dir_ / "hub.toml";
-    std::ofstream(hub_toml) << "[node]\nid = \"hub\"\ndata_dir = " << q(dir_ / "hub" / "data")
-                            << "\nsync = \"full\"\n[listen]\naddress = \"127.0.0.1:0\"\ncert = " << q(pki_.server_cert)
+    std::ofstream(hub_toml) << "[node]\nid = \"hub\"\ndata_dir = " << q(dir_ / "hub" / "data") << "\nsync = \"full\"\n"
+                            << queue_section() << "[listen]\naddress = \"127.0.0.1:0\"\ncert = " << q(pki_.server_cert)
                             << "\nkey = " << q(pki_.server_key) << "\nca = " << q(pki_.ca_cert)
                             << "\nallow = [\"URI:spiffe://edgerelay/edge/*\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
                             << "[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = \"file://"
@@ -635,7 +636,8 @@ private:
     hub_admin_ = ha["admin"];
     auto edge_toml = dir_ / "edge.toml";
     std::ofstream(edge_toml) << "[node]\nid = \"edge\"\ndata_dir = " << q(dir_ / "edge" / "data")
-                             << "\nsync = \"full\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
+                             << "\nsync = \"full\"\n"
+                             << queue_section() << "[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
                              << "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"hub\"\n"
                              << "url = \"wss://" << ha["listen"]
                              << "/v1/relay\"\nserver_name = \"localhost\"\ncert = " << q(pki_.client_cert)
@@ -645,6 +647,15 @@ private:
     auto ea = edge_->wait_for_addresses("edge");
     edge_admin_ = ea["admin"];
     ingest_ = "ws://" + ea["ingest"] + "/v1/relay";
+  }
+
+  // Each node's bounded queue, waiting for room when full: the hub holds the
+  // edge back and the edge the producers (bench_tiers_options::
+  // queue_max_bytes). Nothing when unbounded (the nodes' defaults).
+  std::string queue_section() const {
+    if (o_.queue_max_bytes == 0) return {};
+    return "[queue]\nmax_bytes = \"" + std::to_string(o_.queue_max_bytes) +
+           "B\"\noverflow = \"block\"\nblock_timeout = \"20s\"\n";
   }
 
   std::vector<producer_result> load(unsigned first, unsigned n, double seconds, double rate_each) {
@@ -825,8 +836,10 @@ int run_bench_tiers(const bench_tiers_options& o) {
   }
   filler_pool pool;
   std::string machine = machine_description(), commit = commit_of(exe);
-  std::fprintf(stderr, "bench tiers: %s; commit %s; work dir %s%s\n", machine.c_str(), commit.c_str(),
-               dir.string().c_str(), o.quick ? "; quick" : "");
+  const std::string queues = o.queue_max_bytes ? "queues " + util::format_size(o.queue_max_bytes) + ", overflow = block"
+                                               : std::string("queues unbounded (node defaults)");
+  std::fprintf(stderr, "bench tiers: %s; commit %s; %s; work dir %s%s\n", machine.c_str(), commit.c_str(),
+               queues.c_str(), dir.string().c_str(), o.quick ? "; quick" : "");
 
   std::vector<tier_result> results;
   for (auto& t : tiers) {
@@ -844,8 +857,8 @@ int run_bench_tiers(const bench_tiers_options& o) {
     if (!o.keep) fs::remove_all(dir / t.name, ec);
   }
 
-  std::printf("\nedgerelay bench tiers (%s) — %s, commit %s\n", o.quick ? "quick" : "full", machine.c_str(),
-              commit.c_str());
+  std::printf("\nedgerelay bench tiers (%s) — %s, commit %s, %s\n", o.quick ? "quick" : "full", machine.c_str(),
+              commit.c_str(), queues.c_str());
   std::printf("%-4s %9s %11s %9s %9s %9s %9s %11s %10s %10s %10s %6s %5s %9s %s\n", "tier", "bytes", "segments/s",
               "MB/s", "p50 ms", "p99 ms", "max ms", "p99@half", "cpu s/GB", "RSS edge", "RSS hub", "loss", "dups",
               "drain", "result");
@@ -863,8 +876,9 @@ int run_bench_tiers(const bench_tiers_options& o) {
     json::array arr;
     for (auto& r : results)
       arr.push_back(to_json(r));
-    json::object doc{
-        {"machine", machine}, {"commit", commit}, {"quick", o.quick}, {"pass", all_ok}, {"tiers", std::move(arr)}};
+    json::object doc{{"machine", machine}, {"commit", commit},
+                     {"quick", o.quick},   {"queue_max_bytes", o.queue_max_bytes},
+                     {"pass", all_ok},     {"tiers", std::move(arr)}};
     std::ofstream f(*o.out, std::ios::trunc);
     f << json::serialize(doc) << "\n";
     if (!f) {

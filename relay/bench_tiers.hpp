@@ -14,6 +14,7 @@
 // tiers"); the JSON written by --out is read by the RL-THRU-01 evidence
 // scenario, so its field names are part of the contract.
 
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -27,7 +28,14 @@ struct bench_tiers_options {
   bool quick = false;                       // a few seconds per tier (CI)
   // Full-load and half-load phase lengths; 0: 2 s each with quick, else 15 s and 10 s.
   double full_seconds = 0, half_seconds = 0;
-  unsigned producers = 2;                   // producer connections (threads) per phase
+  unsigned producers = 2; // producer connections (threads) per phase
+  // Each node's queue capacity ([queue] max_bytes) with overflow = "block":
+  // a full hub queue holds the edge back and a full edge queue the
+  // producers, so the full-load phase measures the rate the whole path
+  // sustains with bounded queues. 0: the nodes' defaults (10 GiB, overflow =
+  // "reject"): the producers outrun the path, a backlog of gigabytes builds
+  // and then drains.
+  std::uint64_t queue_max_bytes = 256ull << 20;
   std::optional<std::filesystem::path> dir; // work directory (default: a fresh one under the temp dir, removed after)
   bool keep = false;                        // keep the work directory (logs, spools)
 };

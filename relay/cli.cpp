@@ -478,7 +478,7 @@ int run_cli(int argc, char** argv) {
   ev_export->add_option("--network", ev_network, "The network the soak's peers used (default: loopback)");
 
   bench_tiers_options bto;
-  std::string bench_out, bench_dir;
+  std::string bench_out, bench_dir, bench_queue = "256MiB";
   auto* bench = app.add_subcommand("bench", "Benchmarks of the whole path");
   bench->require_subcommand(1);
   auto* bench_tiers =
@@ -495,6 +495,9 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::Range(0.5, 3600.0));
   bench_tiers->add_option("--producers", bto.producers, "Producer connections per phase (default 2)")
       ->check(CLI::Range(1u, 64u));
+  bench_tiers->add_option("--queue", bench_queue,
+                          "Each node's queue capacity; a full queue holds the sender back (overflow = block). "
+                          "\"unbounded\": the nodes' defaults, a backlog builds and drains (default 256MiB)");
 
   try {
     app.parse(argc, argv);
@@ -534,6 +537,18 @@ int run_cli(int argc, char** argv) {
   if (*bench_tiers) {
     if (!bench_out.empty()) bto.out = bench_out;
     if (!bench_dir.empty()) bto.dir = bench_dir;
+    if (bench_queue == "unbounded") {
+      bto.queue_max_bytes = 0;
+    } else {
+      auto q = util::parse_size(bench_queue);
+      if (!q || *q < (1u << 20)) {
+        std::cerr << "edgerelay bench tiers: --queue \"" << bench_queue
+                  << "\": " << (q ? std::string("must be at least 1MiB (or \"unbounded\")") : q.error().message)
+                  << "\n";
+        return 2;
+      }
+      bto.queue_max_bytes = *q;
+    }
     return run_bench_tiers(bto);
   }
   if (*sb) {

@@ -29,7 +29,8 @@ TEST_CASE("bench tiers --quick delivers every segment of T1 and T3 exactly once 
   auto out = d / "tiers.json";
   auto r = test::run_edgerelay(d.path(),
                                {"bench", "tiers", "--quick", "--tiers", "T1,T3", "--out", out.string(), "--dir",
-                                (d / "work").string(), "--keep", "--full-seconds", "1.5", "--half-seconds", "1.5"},
+                                (d / "work").string(), "--keep", "--full-seconds", "1.5", "--half-seconds", "1.5",
+                                "--queue", "4MiB"},
                                150s);
   INFO(r.out);
   CHECK(r.code == 0);
@@ -38,6 +39,8 @@ TEST_CASE("bench tiers --quick delivers every segment of T1 and T3 exactly once 
   auto doc = boost::json::parse(slurp(out)).as_object();
   CHECK(!doc.at("machine").as_string().empty());
   CHECK(!doc.at("commit").as_string().empty());
+  CHECK(doc.at("queue_max_bytes").to_number<std::int64_t>() == 4 << 20);
+  CHECK_THAT(r.out, Contains("queues 4 MiB, overflow = block"));
   auto& tiers = doc.at("tiers").as_array();
   REQUIRE(tiers.size() == 2);
   const char* names[] = {"T1", "T3"};
@@ -57,6 +60,9 @@ TEST_CASE("bench tiers --quick delivers every segment of T1 and T3 exactly once 
     CHECK(t.at("duplicates").to_number<std::int64_t>() == 0);
     CHECK(t.at("checksum_errors").to_number<std::int64_t>() == 0);
     CHECK(t.at("monotonic_drain").as_bool());
+    // The producers outrun the path: the full 4 MiB queues held them back (a
+    // segment's stored record is larger than its payload).
+    CHECK(t.at("max_queue_segments").to_number<std::int64_t>() * sizes[i] <= 4 << 20);
     // Both nodes were stopped with SIGTERM, not left running or killed.
     for (const char* node : {"edge", "hub"})
       CHECK_THAT(slurp(d / "work" / names[i] / (std::string(node) + ".log")), Contains("stopping on signal 15"));
@@ -68,4 +74,14 @@ TEST_CASE("bench tiers refuses an unknown tier with exit 2 and names it", "[e2e]
   auto r = test::run_edgerelay(d.path(), {"bench", "tiers", "--tiers", "T1,T9", "--dir", (d / "work").string()}, 30s);
   CHECK(r.code == 2);
   CHECK_THAT(r.out, Contains("unknown tier \"T9\""));
+}
+
+TEST_CASE("bench tiers refuses a bad --queue with exit 2 and says why", "[e2e][bench]") {
+  test::temp_dir d("bench-tiers");
+  auto r = test::run_edgerelay(d.path(), {"bench", "tiers", "--queue", "12 bananas"}, 30s);
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Contains("--queue \"12 bananas\""));
+  r = test::run_edgerelay(d.path(), {"bench", "tiers", "--queue", "64KiB"}, 30s);
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Contains("must be at least 1MiB"));
 }
