@@ -16,6 +16,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fcntl.h>
 #include <fstream>
 #include <iostream>
@@ -266,7 +267,7 @@ public:
       m += seen_[p][s] ? 1 : 0;
     return m;
   }
-  std::vector<std::int64_t>& latencies(unsigned p) { return latency_ns_[p]; }
+  const std::deque<std::int64_t>& latencies(unsigned p) const { return latency_ns_[p]; }
 
 private:
   void loop() {
@@ -380,14 +381,14 @@ private:
       return;
     }
     auto& seen = seen_[producer];
-    if (seen.size() <= seq) seen.resize(std::max<std::size_t>(seq + 1, seen.size() * 2), 0);
+    if (seen.size() <= seq) seen.resize(seq + grow_step, 0);
     // The id names the relay hop: one id twice is a relay duplicate.
     if (auto colon = id.rfind(':'); colon != std::string_view::npos) {
       std::uint64_t n = 0;
       for (char c : id.substr(colon + 1))
         n = n * 10 + static_cast<std::uint64_t>(c - '0');
       if (n < (1ull << 32)) {
-        if (ids_.size() <= n) ids_.resize(std::max<std::size_t>(n + 1, ids_.size() * 2), 0);
+        if (ids_.size() <= n) ids_.resize(n + grow_step, 0);
         if (ids_[n]++) ++id_duplicates_;
       }
     }
@@ -412,9 +413,13 @@ private:
   std::atomic<std::uint64_t> distinct_{0};
   std::atomic<std::int64_t> last_arrival_{0};
   std::uint64_t duplicates_ = 0, id_duplicates_ = 0, bad_ = 0, foreign_ = 0;
-  std::vector<std::vector<std::uint8_t>> seen_;
-  std::vector<std::uint8_t> ids_;
-  std::vector<std::vector<std::int64_t>> latency_ns_;
+  // Deques grown in small steps: the arrival time is taken on this thread,
+  // so it must never stop to copy a large vector (doubling a vector of
+  // millions of entries stalled it for tens of ms, which showed as latency).
+  static constexpr std::size_t grow_step = 1 << 16;
+  std::vector<std::deque<std::uint8_t>> seen_;
+  std::deque<std::uint8_t> ids_;
+  std::vector<std::deque<std::int64_t>> latency_ns_;
 };
 
 // ------------------------------------------------------------ producers
