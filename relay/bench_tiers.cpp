@@ -848,6 +848,10 @@ int run_bench_tiers(const bench_tiers_options& o) {
 
   std::vector<tier_result> results;
   for (auto& t : tiers) {
+    // Whatever is still dirty in the page cache (the previous tier's deleted
+    // files, another program's writes) is written back now, not during this
+    // tier's fsyncs.
+    ::sync();
     tier_run run(exe, dir / t.name, *pki, t, o, pool);
     tier_result r;
     try {

@@ -26,6 +26,11 @@ corrupted payloads). Rate = N / (last line seen - first byte sent).
 Then it runs `edgerelay bench tiers --tiers T1,T2` (or reads --ours FILE)
 and prints both sets of figures and the ratios edgerelay / rsyslog.
 
+After each rsyslog run it calls sync(2): the fast configuration leaves
+hundreds of MB unwritten in the page cache (it never fsyncs), and the
+kernel writing them back during the next measurement would slow that
+measurement's fsyncs.
+
 Every rsyslogd it starts is a private instance (-f own config, -i own pid
 file, own work directory, loopback ports, no system inputs) and is stopped
 (SIGTERM, then SIGKILL) before the script ends, also on errors and Ctrl-C.
@@ -245,6 +250,14 @@ def run_pair(config, tier, n, pki, base, timeout):
                 r.stop()
 
 
+def settle_disk():
+    """Writes back what the run left dirty in the page cache, so that the
+    kernel's writeback does not land in the next measurement."""
+    t0 = time.monotonic()
+    os.sync()
+    print(f"peers: sync after the run: {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,6 +308,7 @@ def main():
                       f"missing {r['missing']}, duplicates {r['duplicates']}, corrupted {r['corrupted']}",
                       file=sys.stderr, flush=True)
                 results.append(r)
+                settle_disk()
 
         if a.ours:
             with open(a.ours) as f:
