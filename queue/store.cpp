@@ -245,6 +245,10 @@ struct store::impl {
   MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0, quota_db = 0,
           records_db = 0;
   std::uint64_t map_size = 0, max_map = 0;
+  // The received-id (dedupe) tables are bounded by dedupe_window, not by any
+  // capacity, so the map may grow past max_map by what they take (measured
+  // when the map is full; see grow_map).
+  std::uint64_t dedupe_map_bytes = 0;
   void* map_base = nullptr; // LMDB's read-only mapping of data.mdb, for trim_map()
   std::size_t map_len = 0;
 
@@ -529,9 +533,27 @@ struct store::impl {
     }
   }
 
+  // The map's ceiling: the capacities' (max_map) plus what the dedupe
+  // tables hold now.
+  std::uint64_t map_ceiling() const { return max_map + dedupe_map_bytes; }
+
+  // Pages of the dedupe tables, in bytes, as committed.
+  std::uint64_t measure_dedupe_bytes() {
+    txn r;
+    if (txn::begin(env, MDB_RDONLY, r)) return dedupe_map_bytes;
+    std::uint64_t b = 0;
+    for (MDB_dbi d : {ids_db, ids_t_db}) {
+      MDB_stat st;
+      if (mdb_stat(r.get(), d, &st) == MDB_SUCCESS)
+        b += (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * std::uint64_t{st.ms_psize};
+    }
+    return b;
+  }
+
   bool grow_map() {
-    if (map_size >= max_map) return false;
-    std::uint64_t next = std::min<std::uint64_t>(max_map, map_size * 2);
+    if (map_size >= max_map) dedupe_map_bytes = measure_dedupe_bytes();
+    if (map_size >= map_ceiling()) return false;
+    std::uint64_t next = std::min<std::uint64_t>(map_ceiling(), map_size * 2);
     std::unique_lock lk(map_mu);
     readers.clear(); // nothing reads now (map_mu is exclusive)
     int rc = mdb_env_set_mapsize(env, next);
@@ -573,7 +595,7 @@ struct store::impl {
       if (r->k == request::kind::enqueue && shed_enqueues) {
         r->eres = {};
         r->eres.ec = errc::store_full;
-        r->eres.message = "the store's map reached its ceiling of " + std::to_string(max_map) +
+        r->eres.message = "the store's map reached its ceiling of " + std::to_string(map_ceiling()) +
                           " bytes; free space by delivering or purging, or raise the capacity";
         r->shed = true;
         all_parked = false;

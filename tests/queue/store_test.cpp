@@ -811,6 +811,40 @@ TEST_CASE("at the map ceiling an enqueue fails cleanly while acks still work") {
   f.check_accounting();
 }
 
+TEST_CASE("the dedupe tables do not count against the map ceiling: a receiver keeps taking ids past it") {
+  // The ceiling is derived from the capacities; the received-id tables are
+  // bounded by dedupe_window instead. 150,000 ids take more than the whole
+  // 8 MiB ceiling, while the queue itself stays empty.
+  fixture f([](auto& o) {
+    o.max_bytes = 1ull << 30;
+    o.max_map_bytes = 8ull << 20;
+  });
+  const queue::peer_id to[] = {f.a};
+  std::vector<std::string> ids;
+  for (int round = 0; round < 30; ++round) {
+    ids.clear();
+    for (int i = 0; i < 5000; ++i)
+      ids.push_back("up:" + std::to_string(round * 5000 + i));
+    std::vector<queue::segment_in> segs;
+    for (auto& id : ids)
+      segs.push_back({"s1", "sixteen bytes...", to, id});
+    auto r = f.s->enqueue_wait(std::move(segs));
+    INFO("round " << round << ": " << r.message);
+    REQUIRE_FALSE(r.ec);
+    REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 5000))));
+  }
+  auto st = f.s->stats();
+  CHECK(st.accepted == 150000);
+  CHECK(st.map_bytes > (8ull << 20));
+  // Every id is still remembered.
+  const queue::segment_in again[] = {{"s1", "sixteen bytes...", to, "up:0"},
+                                     {"s1", "sixteen bytes...", to, "up:149999"}};
+  auto r = f.s->enqueue_wait({again[0], again[1]});
+  REQUIRE_FALSE(r.ec);
+  CHECK(r.status == std::vector<queue::item_status>{queue::item_status::duplicate, queue::item_status::duplicate});
+  f.check_accounting();
+}
+
 TEST_CASE("a write the filesystem refuses fails cleanly and leaves stored data intact") {
   // RLIMIT_FSIZE makes the kernel refuse writes past a size (EFBIG), a real
   // write failure like ENOSPC. Done in a child so the limit stays there.
