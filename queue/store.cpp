@@ -1076,7 +1076,11 @@ struct store::impl {
       }
       rec = detail::decode_record(scratch);
       rec->next_attempt_ms = now + backoff(rec->attempts).count();
-      std::string again(scratch.size(), '\0');
+      // Only a dead letter keeps the error (the peer's status shows the
+      // latest): stored in every re-queued record it grew the queue past
+      // max_bytes, by up to 4 KiB per segment, on each failed attempt.
+      rec->last_error = {};
+      std::string again(detail::record_size(*rec), '\0');
       detail::encode_record(*rec, again.data());
       rc = w.put(p->dbi, key64(wglob.gseq++), again, MDB_APPEND);
       if (rc) return rc;

@@ -811,6 +811,28 @@ TEST_CASE("at the map ceiling an enqueue fails cleanly while acks still work") {
   f.check_accounting();
 }
 
+TEST_CASE("a failed attempt does not grow the queue: the error text goes only to a dead letter") {
+  fixture f([](auto& o) { o.max_retry = 3; });
+  f.put(10, {f.a}, 16);
+  const auto before = f.counters(f.a).queued_bytes;
+  const std::string err(4000, 'e');
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    f.clk.advance(1h); // past the retry backoff
+    REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a, 10)), err));
+    INFO("attempt " << attempt);
+    CHECK(f.counters(f.a).queued == 10);
+    CHECK(f.counters(f.a).queued_bytes == before);
+  }
+  f.clk.advance(1h);
+  REQUIRE_FALSE(f.s->nack_wait(f.a, fixture::keys(f.read(f.a, 10)), "the last error"));
+  auto dl = f.s->deadletter_list({});
+  REQUIRE(dl);
+  REQUIRE(dl->entries.size() == 10);
+  CHECK(dl->entries[0].last_error == "the last error");
+  CHECK(dl->entries[0].reason == "max_retry");
+  f.check_accounting();
+}
+
 TEST_CASE("the dedupe tables do not count against the map ceiling: a receiver keeps taking ids past it") {
   // The ceiling is derived from the capacities; the received-id tables are
   // bounded by dedupe_window instead. 150,000 ids take more than the whole
