@@ -264,15 +264,15 @@ struct store::impl {
   std::atomic<std::uint64_t> refused_early{0}; // segments refused before reaching the writer
   std::atomic<std::uint64_t> read_since_trim{0};
 
-  // Drops this process's mappings of the map's pages (MADV_DONTNEED on a
-  // read-only shared file mapping: later reads fault them back in from the
-  // page cache). Caller holds map_mu shared so the map cannot move.
   // A read-only transaction (from the pool) and a cursor on `dbi` in it.
   int read_cursor(MDB_dbi dbi, txn& t, cursor& c) {
     int rc = readers.begin(env, t);
     return rc ? rc : cursor::open(t, dbi, c);
   }
 
+  // Drops this process's mappings of the map's pages (MADV_DONTNEED on a
+  // read-only shared file mapping: later reads fault them back in from the
+  // page cache). Caller holds map_mu shared so the map cannot move.
   void trim_map() {
     if (map_base) ::madvise(map_base, map_len, MADV_DONTNEED);
   }
@@ -537,10 +537,11 @@ struct store::impl {
   // tables hold now.
   std::uint64_t map_ceiling() const { return max_map + dedupe_map_bytes; }
 
-  // Pages of the dedupe tables, in bytes, as committed.
+  // Pages of the dedupe tables, in bytes, as committed. Runs on the writer
+  // thread, the only one that moves the map, so no map_mu is needed.
   std::uint64_t measure_dedupe_bytes() {
     txn r;
-    if (txn::begin(env, MDB_RDONLY, r)) return dedupe_map_bytes;
+    if (readers.begin(env, r)) return dedupe_map_bytes;
     std::uint64_t b = 0;
     for (MDB_dbi d : {ids_db, ids_t_db}) {
       MDB_stat st;
