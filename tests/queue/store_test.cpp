@@ -482,13 +482,18 @@ TEST_CASE("overflow reject fails the whole enqueue with a clear error and stores
   f.check_accounting();
 }
 
+namespace {
+// 3,000 bytes of capacity with overflow = block (10 s).
+void small_blocking_queue(queue::store_options& o) {
+  o.max_bytes = 3000;
+  o.overflow = queue::overflow_policy::block;
+  o.block_timeout = 10s;
+}
+} // namespace
+
 TEST_CASE("overflow block waits for room and fails after block_timeout") {
-  fixture f([](auto& o) {
-    o.max_bytes = 3000;
-    o.overflow = queue::overflow_policy::block;
-    o.block_timeout = 10s;
-  });
-  f.put(20, {f.a}, 100);
+  fixture f(small_blocking_queue);
+  f.put(20, {f.a}, 100); // nearly full
   std::string p(1000, 'y');
   const queue::peer_id to[] = {f.a};
   // Room appears when the reader acks: the blocked enqueue then completes.
@@ -514,12 +519,8 @@ TEST_CASE("overflow block waits for room and fails after block_timeout") {
 }
 
 TEST_CASE("overflow block: waiting enqueues complete in the order they came and cost no commits while they wait") {
-  fixture f([](auto& o) {
-    o.max_bytes = 3000;
-    o.overflow = queue::overflow_policy::block;
-    o.block_timeout = 10s;
-  });
-  f.put(20, {f.a}, 100);
+  fixture f(small_blocking_queue);
+  f.put(20, {f.a}, 100); // nearly full
   const queue::peer_id to[] = {f.a};
   const auto commits_before = f.s->stats().commits;
   std::mutex mu;
