@@ -749,13 +749,16 @@ private:
     }
     if (!r) {
       spdlog::warn("peer {}: {}", cfg_.name, r.error().message);
+      fail_attempt(r.error().message);
+      backoff(r.error().message);
+      // Counted after the status says why: whoever sees the counter move
+      // finds the reason in the peer's last_error.
       if (r.error().reason.rfind("tls:", 0) == 0) {
         n_.count_refused("peer:" + cfg_.name, r.error().reason.substr(4));
         n_.audit->auth_denied("peer:" + cfg_.name, cfg_.host + ":" + std::to_string(cfg_.port), "",
                               r.error().reason.substr(4), r.error().message);
       }
-      fail_attempt(r.error().message);
-      return backoff(r.error().message);
+      return;
     }
     ch_ = *r;
     auto self = shared_from_this();
