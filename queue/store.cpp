@@ -1,5 +1,6 @@
 #include "queue/store.hpp"
 
+#include "queue/detail/id_ranges.hpp"
 #include "queue/detail/lmdb.hpp"
 #include "queue/detail/record.hpp"
 #include "util/bytes.hpp"
@@ -66,7 +67,10 @@ namespace {
 // (appended in key order); format 1 keyed them i64 time ‖ id with an empty
 // value. A format 1 store is upgraded when it is opened: its old entries
 // stay readable until they expire.
-constexpr std::uint32_t format_version = 2;
+// 3: ids of the form "<origin>:<seq>" are remembered as ranges per origin in
+// "id_ranges" (queue/detail/id_ranges.hpp) instead of a row each in "ids";
+// a format 2 store's rows stay readable until they expire.
+constexpr std::uint32_t format_version = 3;
 constexpr std::string_view magic = "edgerelay-store";
 constexpr std::size_t max_read_scan = 65536; // entries examined per read_batch at most
 // Pages of the read-only map that a drain has touched stay resident (and
@@ -243,7 +247,11 @@ struct store::impl {
   detail::reader_pool readers; // read-only txns for reuse; ~impl() and grow_map() clear it
   int lock_fd = -1;
   MDB_dbi meta = 0, peers_db = 0, counters_db = 0, dl_db = 0, evj_db = 0, ids_db = 0, ids_t_db = 0, quota_db = 0,
-          records_db = 0;
+          records_db = 0, id_ranges_db = 0;
+  // "ids" has rows (writer thread only): ids that are not "<origin>:<seq>",
+  // or rows a format 2 store left. While it is empty a ranged id is not
+  // looked up there. As committed, and in the transaction in progress.
+  bool ids_db_used = false, w_ids_db_used = false;
   std::uint64_t map_size = 0, max_map = 0;
   // The received-id (dedupe) tables are bounded by dedupe_window, not by any
   // capacity, so the map may grow past max_map by what they take (measured
@@ -543,7 +551,7 @@ struct store::impl {
     txn r;
     if (readers.begin(env, r)) return dedupe_map_bytes;
     std::uint64_t b = 0;
-    for (MDB_dbi d : {ids_db, ids_t_db}) {
+    for (MDB_dbi d : {ids_db, ids_t_db, id_ranges_db}) {
       MDB_stat st;
       if (mdb_stat(r.get(), d, &st) == MDB_SUCCESS)
         b += (st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages) * std::uint64_t{st.ms_psize};
@@ -573,6 +581,7 @@ struct store::impl {
       work = committed;
       wglob = cglob;
     }
+    w_ids_db_used = ids_db_used;
     dl_events.clear();
     fates.clear();
     {
@@ -631,6 +640,7 @@ struct store::impl {
       cglob = wglob;
       ++commits;
     }
+    ids_db_used = w_ids_db_used;
     if (observer) observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), group.size());
     if (dl_observer)
       for (auto& [key, n] : dl_events)
@@ -846,17 +856,27 @@ struct store::impl {
     // Dedupe: ids seen within the window are dropped.
     std::uint64_t need = 0, fresh_without_id = 0;
     char idbuf[64];
+    detail::id_range_table ranges(w, id_ranges_db, now, opt.dedupe_window.count());
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
       if (!s.id.empty()) {
-        std::string_view seen;
-        int rc = w.get(ids_db, s.id, seen);
-        if (rc == MDB_SUCCESS && seen.size() == 8 &&
-            static_cast<std::int64_t>(key64(seen)) + opt.dedupe_window.count() >= now) {
+        bool seen = false;
+        auto os = detail::parse_origin_seq(s.id);
+        if (os) {
+          int rc = ranges.contains(*os, seen);
+          if (rc) return rc;
+        }
+        if (!seen && (!os || w_ids_db_used)) {
+          std::string_view at;
+          int rc = w.get(ids_db, s.id, at);
+          if (rc && rc != MDB_NOTFOUND) return rc;
+          seen = rc == MDB_SUCCESS && at.size() == 8 &&
+                 static_cast<std::int64_t>(key64(at)) + opt.dedupe_window.count() >= now;
+        }
+        if (seen) {
           r.eres.status[i] = item_status::duplicate;
           continue;
         }
-        if (rc && rc != MDB_NOTFOUND) return rc;
       } else {
         ++fresh_without_id;
       }
@@ -896,6 +916,7 @@ struct store::impl {
     // repeated inside the request is caught here, without a second lookup.
     std::unordered_set<std::string_view> ids_here;
     if (segs.size() > 1 && fresh_without_id < segs.size()) ids_here.reserve(segs.size());
+    std::vector<detail::origin_seq> ranged; // accepted "<origin>:<seq>" ids, for the range table
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
       if (r.eres.status[i] == item_status::duplicate) {
@@ -918,6 +939,9 @@ struct store::impl {
         idbuf[opt.node_id.size()] = ':';
         auto* e = std::to_chars(idbuf + opt.node_id.size() + 1, idbuf + sizeof idbuf, oseq++).ptr;
         rec.id = std::string_view(idbuf, static_cast<std::size_t>(e - idbuf));
+      } else if (auto os = detail::parse_origin_seq(s.id)) {
+        rec.id = s.id;
+        ranged.push_back(*os);
       } else {
         rec.id = s.id;
         std::int64_t ts = 0;
@@ -926,6 +950,7 @@ struct store::impl {
         if (rc) return rc;
         rc = w.put(ids_t_db, tk, s.id, MDB_APPEND);
         if (rc) return rc;
+        w_ids_db_used = true;
       }
       std::size_t sz = detail::record_size(rec);
       for (peer_id pid : s.peers) {
@@ -940,6 +965,23 @@ struct store::impl {
         c.queued_bytes += sz;
       }
       ++wglob.accepted;
+    }
+    return record_ranges(ranges, ranged);
+  }
+
+  // Writes the accepted ranged ids as runs of consecutive seqs per origin:
+  // one range-table write per run.
+  static int record_ranges(detail::id_range_table& ranges, std::vector<detail::origin_seq>& ids) {
+    auto less = [](const detail::origin_seq& a, const detail::origin_seq& b) {
+      return a.origin != b.origin ? a.origin < b.origin : a.seq < b.seq;
+    };
+    if (!std::is_sorted(ids.begin(), ids.end(), less)) std::sort(ids.begin(), ids.end(), less);
+    for (std::size_t i = 0; i < ids.size();) {
+      std::size_t j = i + 1;
+      while (j < ids.size() && ids[j].origin == ids[i].origin && ids[j].seq == ids[j - 1].seq + 1)
+        ++j;
+      if (int rc = ranges.insert(ids[i].origin, ids[i].seq, ids[j - 1].seq)) return rc;
+      i = j;
     }
     return MDB_SUCCESS;
   }
@@ -1241,7 +1283,13 @@ struct store::impl {
         rc = c.current_after_del(kv, vv);
       }
       if (rc && rc != MDB_NOTFOUND) return rc;
+      MDB_stat st{};
+      rc = mdb_stat(w.get(), ids_db, &st);
+      if (rc) return rc;
+      w_ids_db_used = st.ms_entries > 0;
     }
+    if (int rc = detail::expire_ranges(w, id_ranges_db, now, opt.dedupe_window.count(), r.mres.dedupe_expired))
+      return rc;
     return enforce_deadletter_bytes(w);
   }
 
@@ -1394,7 +1442,8 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
                            // Added after format 1 shipped; created on first open by a version
                            // that has them, so older data directories open unchanged.
                            {"quota", &m->quota_db},
-                           {"records", &m->records_db}}) {
+                           {"records", &m->records_db},
+                           {"id_ranges", &m->id_ranges_db}}) {
     rc = open_db(name, *dbi);
     if (rc) {
       if (rc == MDB_INCOMPATIBLE)
@@ -1470,6 +1519,12 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
       m->by_name.emplace(p->name, p->id);
       m->peers.push_back(std::move(p));
     }
+  }
+  {
+    MDB_stat ids_st{};
+    rc = mdb_stat(w.get(), m->ids_db, &ids_st);
+    if (rc) return fail(lmdb_ec(rc), "cannot read the received-id table in " + dir + ": " + describe(rc));
+    m->ids_db_used = ids_st.ms_entries > 0;
   }
   // New ids_by_time keys go after every stored one (a format 1 key, time ‖ id,
   // sorts after every time ‖ sequence key of the same millisecond).

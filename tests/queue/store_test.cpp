@@ -706,7 +706,7 @@ TEST_CASE("a format 1 store is upgraded on open: its received ids still dedupe a
   // sides of the new keys' sequence numbers: "old:1" and "zz:9".
   make_format1(f.opt.data_dir, now_ms, {"old:1", "zz:9"});
   f.open();
-  CHECK(stored_format(f.opt.data_dir) == 2);
+  CHECK(stored_format(f.opt.data_dir) == 3);
   auto r1 = f.s->enqueue_wait({{"s1", p, to, "old:1"}, {"s1", p, to, "new:1"}, {"s1", p, to, "zz:9"}});
   REQUIRE_FALSE(r1.ec);
   CHECK(r1.status ==
@@ -720,6 +720,154 @@ TEST_CASE("a format 1 store is upgraded on open: its received ids still dedupe a
   CHECK(m->dedupe_expired == 4); // two format 1 entries, two format 2 entries
   auto r3 = f.s->enqueue_wait({{"s1", p, to, "old:1"}, {"s1", p, to, "new:1"}, {"s1", p, to, "zz:9"}});
   CHECK(r3.status == std::vector{queue::item_status::stored, queue::item_status::stored, queue::item_status::stored});
+  f.check_accounting();
+}
+
+namespace {
+// The rows of the "id_ranges" table of a closed store, as "origin first-last".
+std::vector<std::string> id_range_rows(const std::filesystem::path& data) {
+  MDB_env* env = nullptr;
+  REQUIRE(mdb_env_create(&env) == 0);
+  mdb_env_set_maxdbs(env, 4096);
+  REQUIRE(mdb_env_open(env, data.c_str(), MDB_RDONLY, 0640) == 0);
+  MDB_txn* t = nullptr;
+  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == 0);
+  MDB_dbi d;
+  REQUIRE(mdb_dbi_open(t, "id_ranges", 0, &d) == 0);
+  MDB_cursor* c = nullptr;
+  REQUIRE(mdb_cursor_open(t, d, &c) == 0);
+  auto u64 = [](const unsigned char* b) {
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i)
+      v = (v << 8) | b[i];
+    return v;
+  };
+  std::vector<std::string> rows;
+  MDB_val k{}, v{};
+  for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    auto* kb = static_cast<const unsigned char*>(k.mv_data);
+    std::size_t olen = kb[0];
+    REQUIRE(k.mv_size == 1 + olen + 8);
+    REQUIRE(v.mv_size == 16);
+    rows.push_back(std::string(reinterpret_cast<const char*>(kb + 1), olen) + " " + std::to_string(u64(kb + 1 + olen)) +
+                   "-" + std::to_string(u64(static_cast<const unsigned char*>(v.mv_data))));
+  }
+  mdb_cursor_close(c);
+  mdb_txn_abort(t);
+  mdb_env_close(env);
+  return rows;
+}
+std::vector<queue::item_status> statuses(queue::store& s, const std::vector<std::string>& ids, queue::peer_id to) {
+  const queue::peer_id peers[] = {to};
+  std::vector<queue::segment_in> segs;
+  for (auto& id : ids)
+    segs.push_back({"s1", "payload", peers, id});
+  auto r = s.enqueue_wait(std::move(segs));
+  INFO(r.message);
+  REQUIRE_FALSE(r.ec);
+  return r.status;
+}
+constexpr auto stored = queue::item_status::stored;
+constexpr auto dupe = queue::item_status::duplicate;
+} // namespace
+
+TEST_CASE("received <origin>:<seq> ids are kept as ranges per origin: out of order, with gaps, merged when filled") {
+  fixture f([](auto& o) { o.dedupe_window = 1h; });
+  // Out of order, two origins interleaved, one repeat inside the request.
+  CHECK(statuses(*f.s, {"e:3", "e:1", "x:7", "e:2", "e:5", "e:8", "x:8", "e:2", "e:10"}, f.a) ==
+        std::vector{stored, stored, stored, stored, stored, stored, stored, dupe, stored});
+  f.reopen();
+  CHECK(statuses(*f.s, {"e:1", "e:2", "e:3", "e:4", "e:5", "e:6", "e:7", "e:8", "e:9", "e:10", "e:11", "x:6", "x:9"},
+                 f.a) ==
+        std::vector{dupe, dupe, dupe, stored, dupe, stored, stored, dupe, stored, dupe, stored, stored, stored});
+  // Every gap of e filled: one range; x is 6-9.
+  f.s.reset();
+  CHECK(id_range_rows(f.opt.data_dir) == std::vector<std::string>{"e 1-11", "x 6-9"});
+  f.open();
+  // x:11 leaves the gap above 9 in the lookup's memory; x:9 is below it.
+  CHECK(statuses(*f.s, {"x:11", "x:9"}, f.a) == std::vector{stored, dupe});
+  CHECK(statuses(*f.s, {"e:11", "e:6", "x:6", "x:9", "x:10", "e:12"}, f.a) ==
+        std::vector{dupe, dupe, dupe, dupe, stored, stored});
+  // The largest and the smallest seq, and one past 64 bits (a row of its own).
+  CHECK(statuses(*f.s, {"m:18446744073709551615", "m:0", "m:18446744073709551616"}, f.a) ==
+        std::vector{stored, stored, stored});
+  CHECK(statuses(*f.s, {"m:18446744073709551615", "m:0", "m:18446744073709551616", "m:1"}, f.a) ==
+        std::vector{dupe, dupe, dupe, stored});
+  f.s.reset();
+  CHECK(id_range_rows(f.opt.data_dir) ==
+        std::vector<std::string>{"e 1-12", "m 0-1", "m 18446744073709551615-18446744073709551615", "x 6-11"});
+  f.open();
+  CHECK(f.s->stats().duplicates == 15);
+  f.check_accounting();
+}
+
+TEST_CASE("a seq with a leading zero is its own id, not the same seq without it") {
+  fixture f([](auto& o) { o.dedupe_window = 1h; });
+  CHECK(statuses(*f.s, {"a:01", "a:1", "a:0", "a:00"}, f.a) == std::vector{stored, stored, stored, stored});
+  CHECK(statuses(*f.s, {"a:1", "a:01", "a:00", "a:0"}, f.a) == std::vector{dupe, dupe, dupe, dupe});
+  auto bt = f.read(f.a);
+  CHECK(fixture::ids(bt) == std::vector<std::string>{"a:01", "a:1", "a:0", "a:00"});
+  f.check_accounting();
+}
+
+TEST_CASE("a range is forgotten dedupe_window after its last id arrived, all its ids at once") {
+  fixture f([](auto& o) { o.dedupe_window = 1h; });
+  CHECK(statuses(*f.s, {"e:1", "e:2", "o:5"}, f.a) == std::vector{stored, stored, stored});
+  f.clk.advance(40min);
+  // e:3 extends e's range, which now counts from here; o's does not move.
+  CHECK(statuses(*f.s, {"e:3"}, f.a) == std::vector{stored});
+  f.clk.advance(30min);
+  auto m = f.s->maintenance_wait();
+  REQUIRE(m);
+  CHECK(m->dedupe_expired == 1); // o:5
+  CHECK(statuses(*f.s, {"e:1", "o:5"}, f.a) == std::vector{dupe, stored});
+  f.clk.advance(31min);
+  m = f.s->maintenance_wait();
+  REQUIRE(m);
+  CHECK(m->dedupe_expired == 3); // e:1-3
+  CHECK(statuses(*f.s, {"e:1", "e:3", "o:5"}, f.a) == std::vector{stored, stored, dupe});
+  f.check_accounting();
+}
+
+TEST_CASE("a forgotten range that maintenance has not removed yet neither dedupes nor absorbs new ids") {
+  fixture f([](auto& o) { o.dedupe_window = 1h; });
+  CHECK(statuses(*f.s, {"e:1", "e:2", "e:3", "e:4", "e:5", "e:6"}, f.a) ==
+        std::vector{stored, stored, stored, stored, stored, stored});
+  CHECK(statuses(*f.s, {"e:8"}, f.a) == std::vector{stored});
+  f.clk.advance(61min);
+  // No maintenance ran: e 1-6 and e 8 are still rows, but forgotten.
+  CHECK(statuses(*f.s, {"e:4", "e:7"}, f.a) == std::vector{stored, stored});
+  // e:4 replaced the forgotten 1-6 it lay in; e:7 did not join the forgotten 8.
+  CHECK(statuses(*f.s, {"e:4", "e:7", "e:1", "e:8"}, f.a) == std::vector{dupe, dupe, stored, stored});
+  f.s.reset();
+  CHECK(id_range_rows(f.opt.data_dir) == std::vector<std::string>{"e 1-1", "e 4-4", "e 7-8"});
+  f.open();
+  f.check_accounting();
+}
+
+TEST_CASE("150,000 received ids of one origin take one row of the range table") {
+  fixture f([](auto& o) {
+    o.max_bytes = 1ull << 30;
+    o.max_map_bytes = 8ull << 20;
+  });
+  const queue::peer_id to[] = {f.a};
+  for (int round = 0; round < 30; ++round) {
+    std::vector<queue::segment_in> segs;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 5000; ++i)
+      ids.push_back("up:" + std::to_string(round * 5000 + i));
+    for (auto& id : ids)
+      segs.push_back({"s1", "sixteen bytes...", to, id});
+    auto r = f.s->enqueue_wait(std::move(segs));
+    INFO("round " << round << ": " << r.message);
+    REQUIRE_FALSE(r.ec);
+    REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 5000))));
+  }
+  CHECK(f.s->stats().accepted == 150000);
+  CHECK(statuses(*f.s, {"up:0", "up:74999", "up:149999", "up:150000"}, f.a) == std::vector{dupe, dupe, dupe, stored});
+  f.s.reset();
+  CHECK(id_range_rows(f.opt.data_dir) == std::vector<std::string>{"up 0-150000"});
+  f.open();
   f.check_accounting();
 }
 
@@ -836,8 +984,9 @@ TEST_CASE("a failed attempt does not grow the queue: the error text goes only to
 
 TEST_CASE("the dedupe tables do not count against the map ceiling: a receiver keeps taking ids past it") {
   // The ceiling is derived from the capacities; the received-id tables are
-  // bounded by dedupe_window instead. 150,000 ids take more than the whole
-  // 8 MiB ceiling, while the queue itself stays empty.
+  // bounded by dedupe_window instead. 150,000 ids that each take a row (a
+  // seq with a leading zero is not ranged) take more than the whole 8 MiB
+  // ceiling, while the queue itself stays empty.
   fixture f([](auto& o) {
     o.max_bytes = 1ull << 30;
     o.max_map_bytes = 8ull << 20;
@@ -847,7 +996,7 @@ TEST_CASE("the dedupe tables do not count against the map ceiling: a receiver ke
   for (int round = 0; round < 30; ++round) {
     ids.clear();
     for (int i = 0; i < 5000; ++i)
-      ids.push_back("up:" + std::to_string(round * 5000 + i));
+      ids.push_back("up:0" + std::to_string(round * 5000 + i));
     std::vector<queue::segment_in> segs;
     for (auto& id : ids)
       segs.push_back({"s1", "sixteen bytes...", to, id});
@@ -860,8 +1009,8 @@ TEST_CASE("the dedupe tables do not count against the map ceiling: a receiver ke
   CHECK(st.accepted == 150000);
   CHECK(st.map_bytes > (8ull << 20));
   // Every id is still remembered.
-  const queue::segment_in again[] = {{"s1", "sixteen bytes...", to, "up:0"},
-                                     {"s1", "sixteen bytes...", to, "up:149999"}};
+  const queue::segment_in again[] = {{"s1", "sixteen bytes...", to, "up:00"},
+                                     {"s1", "sixteen bytes...", to, "up:0149999"}};
   auto r = f.s->enqueue_wait({again[0], again[1]});
   REQUIRE_FALSE(r.ec);
   CHECK(r.status == std::vector<queue::item_status>{queue::item_status::duplicate, queue::item_status::duplicate});
