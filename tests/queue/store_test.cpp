@@ -769,6 +769,30 @@ std::vector<queue::item_status> statuses(queue::store& s, const std::vector<std:
 }
 constexpr auto stored = queue::item_status::stored;
 constexpr auto dupe = queue::item_status::duplicate;
+// A receiver with an 8 MiB map ceiling that takes 150,000 ids
+// "<prefix><n>" (n from 0) in 30 requests, each delivered (acked) at once,
+// so the queue stays empty.
+template <class Fixture>
+void receive_150k(Fixture& f, const std::string& prefix) {
+  const queue::peer_id to[] = {f.a};
+  for (int round = 0; round < 30; ++round) {
+    std::vector<std::string> ids;
+    for (int i = 0; i < 5000; ++i)
+      ids.push_back(prefix + std::to_string(round * 5000 + i));
+    std::vector<queue::segment_in> segs;
+    for (auto& id : ids)
+      segs.push_back({"s1", "sixteen bytes...", to, id});
+    auto r = f.s->enqueue_wait(std::move(segs));
+    INFO("round " << round << ": " << r.message);
+    REQUIRE_FALSE(r.ec);
+    REQUIRE_FALSE(f.s->ack_wait(f.a, Fixture::keys(f.read(f.a, 5000))));
+  }
+  CHECK(f.s->stats().accepted == 150000);
+}
+void small_map(queue::store_options& o) {
+  o.max_bytes = 1ull << 30;
+  o.max_map_bytes = 8ull << 20;
+}
 } // namespace
 
 TEST_CASE("received <origin>:<seq> ids are kept as ranges per origin: out of order, with gaps, merged when filled") {
@@ -846,24 +870,8 @@ TEST_CASE("a forgotten range that maintenance has not removed yet neither dedupe
 }
 
 TEST_CASE("150,000 received ids of one origin take one row of the range table") {
-  fixture f([](auto& o) {
-    o.max_bytes = 1ull << 30;
-    o.max_map_bytes = 8ull << 20;
-  });
-  const queue::peer_id to[] = {f.a};
-  for (int round = 0; round < 30; ++round) {
-    std::vector<queue::segment_in> segs;
-    std::vector<std::string> ids;
-    for (int i = 0; i < 5000; ++i)
-      ids.push_back("up:" + std::to_string(round * 5000 + i));
-    for (auto& id : ids)
-      segs.push_back({"s1", "sixteen bytes...", to, id});
-    auto r = f.s->enqueue_wait(std::move(segs));
-    INFO("round " << round << ": " << r.message);
-    REQUIRE_FALSE(r.ec);
-    REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 5000))));
-  }
-  CHECK(f.s->stats().accepted == 150000);
+  fixture f(small_map);
+  receive_150k(f, "up:");
   CHECK(statuses(*f.s, {"up:0", "up:74999", "up:149999", "up:150000"}, f.a) == std::vector{dupe, dupe, dupe, stored});
   f.s.reset();
   CHECK(id_range_rows(f.opt.data_dir) == std::vector<std::string>{"up 0-150000"});
@@ -987,27 +995,10 @@ TEST_CASE("the dedupe tables do not count against the map ceiling: a receiver ke
   // bounded by dedupe_window instead. 150,000 ids that each take a row (a
   // seq with a leading zero is not ranged) take more than the whole 8 MiB
   // ceiling, while the queue itself stays empty.
-  fixture f([](auto& o) {
-    o.max_bytes = 1ull << 30;
-    o.max_map_bytes = 8ull << 20;
-  });
+  fixture f(small_map);
+  receive_150k(f, "up:0");
+  CHECK(f.s->stats().map_bytes > (8ull << 20));
   const queue::peer_id to[] = {f.a};
-  std::vector<std::string> ids;
-  for (int round = 0; round < 30; ++round) {
-    ids.clear();
-    for (int i = 0; i < 5000; ++i)
-      ids.push_back("up:0" + std::to_string(round * 5000 + i));
-    std::vector<queue::segment_in> segs;
-    for (auto& id : ids)
-      segs.push_back({"s1", "sixteen bytes...", to, id});
-    auto r = f.s->enqueue_wait(std::move(segs));
-    INFO("round " << round << ": " << r.message);
-    REQUIRE_FALSE(r.ec);
-    REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(f.read(f.a, 5000))));
-  }
-  auto st = f.s->stats();
-  CHECK(st.accepted == 150000);
-  CHECK(st.map_bytes > (8ull << 20));
   // Every id is still remembered.
   const queue::segment_in again[] = {{"s1", "sixteen bytes...", to, "up:00"},
                                      {"s1", "sixteen bytes...", to, "up:0149999"}};
