@@ -155,8 +155,24 @@ spool_writer::open(const std::filesystem::path& dir, std::uint64_t rotate_bytes,
   return w;
 }
 
+// Drops [cached_from_, upto) of the current file from the page cache, in
+// whole pages (the kernel keeps a page the range covers only in part, so
+// cached_from_ stays page-aligned); upto = file_bytes_ drops to the end.
+// Only called on fsynced bytes (clean pages); advisory, so a failure is
+// harmless.
+void spool_writer::drop_cached(std::uint64_t upto) {
+  static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const bool to_end = upto >= file_bytes_;
+  if (!to_end) upto -= upto % page;
+  if (fd_ < 0 || upto <= cached_from_) return;
+  ::posix_fadvise(fd_, static_cast<off_t>(cached_from_), to_end ? 0 : static_cast<off_t>(upto - cached_from_),
+                  POSIX_FADV_DONTNEED);
+  cached_from_ = upto;
+}
+
 boost::system::result<void, error> spool_writer::roll() {
   if (fd_ >= 0) {
+    drop_cached(file_bytes_);
     ::close(fd_);
     fd_ = -1;
   }
@@ -172,6 +188,7 @@ boost::system::result<void, error> spool_writer::roll() {
     ::close(dfd);
   }
   file_bytes_ = file_magic.size();
+  cached_from_ = 0;
   return {};
 }
 
@@ -183,7 +200,14 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
     const char* ext; // nullptr: `off` into buf
     std::size_t off, len;
   };
-  std::string buf;
+  std::string& buf = buf_;
+  buf.clear();
+  {
+    std::size_t framed = 0;
+    for (auto& r : records)
+      framed += 30 + r.id.size() + r.stream.size() + (r.payload.size() < inline_below ? r.payload.size() : 0);
+    buf.reserve(framed);
+  }
   std::vector<piece> pieces;
   std::uint64_t total = 0;
   auto add_buf = [&](std::size_t from) {
@@ -247,6 +271,8 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
   if (::fdatasync(fd_) != 0) return io_error("spool fsync in " + dir_.string(), errno);
   file_bytes_ += total;
   written_ += total;
+  if (file_bytes_ >= cached_from_ + cache_keep_bytes + cache_drop_step) drop_cached(file_bytes_ - cache_keep_bytes);
+  if (buf.capacity() > (8u << 20)) std::string().swap(buf); // an odd huge batch does not stay resident
   return {};
 }
 

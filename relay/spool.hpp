@@ -53,13 +53,28 @@ public:
   boost::system::result<void, error> append(const std::vector<spool_input>& records);
   std::uint64_t bytes_written() const noexcept { return written_; }
 
+  // What the writer leaves in the page cache: the newest cache_keep_bytes of
+  // the current file. Older parts, once fsynced, are dropped from the cache
+  // (posix_fadvise DONTNEED) in steps of cache_drop_step, and a closed file's
+  // rest when the next one starts, so the spool recycles the same pages of
+  // memory instead of growing the page cache by everything it writes. A
+  // reader within cache_keep_bytes of the end reads from memory.
+  static constexpr std::uint64_t cache_keep_bytes = 16ull << 20;
+  static constexpr std::uint64_t cache_drop_step = 4ull << 20;
+  // Bytes of the current file still in the page cache as far as the writer
+  // knows (tests).
+  std::uint64_t cached_bytes() const noexcept { return file_bytes_ - cached_from_; }
+
 private:
   spool_writer() = default;
   boost::system::result<void, error> roll();
   std::filesystem::path dir_;
   std::vector<std::string> recent_;
+  void drop_cached(std::uint64_t upto);
   std::uint64_t rotate_ = 0, file_bytes_ = 0, written_ = 0, seq_ = 0;
+  std::uint64_t cached_from_ = 0; // offset in the current file from which pages may be cached
   int fd_ = -1;
+  std::string buf_; // framed small records; kept between appends for its capacity
 };
 
 // Reads every record of every spool file in order. `visit` returns false to stop.

@@ -4,7 +4,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <fstream>
+#include <sys/mman.h>
+#include <unistd.h>
 
 using namespace edgerelay;
 using Catch::Matchers::Contains;
@@ -178,4 +181,57 @@ TEST_CASE("an append of more pieces than one writev takes is written whole and i
     CHECK(back[i].created_ms == static_cast<std::int64_t>(i));
     CHECK(back[i].payload == payloads[i]);
   }
+}
+
+namespace {
+// Pages of [from, to) of `file` that are in the page cache (mincore).
+std::size_t resident_pages(const std::filesystem::path& file, std::uint64_t from, std::uint64_t to) {
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  const auto len = static_cast<std::size_t>(to - from);
+  void* m = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(from));
+  ::close(fd);
+  REQUIRE(m != MAP_FAILED);
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec((len + page - 1) / page);
+  REQUIRE(::mincore(m, len, vec.data()) == 0);
+  ::munmap(m, len);
+  std::size_t n = 0;
+  for (auto v : vec)
+    n += v & 1;
+  return n;
+}
+} // namespace
+
+TEST_CASE("the spool keeps only its newest bytes in the page cache, and all of them on disk", "[spool]") {
+  test::temp_dir d("spool");
+  using w_t = relay::spool_writer;
+  // 40 MiB in 1 MiB appends, one file: what lies more than cache_keep_bytes
+  // (+ one drop step) behind the end is dropped once fsynced.
+  const std::string p(1 << 20, 'q');
+  const std::uint64_t rec = 4 + 1 + 4 + 1 + 1 + 8 + 8 + 4 + p.size() + 4; // record with id "e:NN", stream "s"
+  std::uint64_t end = 8;
+  {
+    auto w = w_t::open(d.path(), 1ull << 30);
+    REQUIRE(w.has_value());
+    for (int i = 0; i < 40; ++i) {
+      std::string id = "e:" + std::to_string(10 + i);
+      REQUIRE((*w)->append({{id, "s", i, util::checksum(p), p}}).has_value());
+      end += rec;
+      CHECK((*w)->cached_bytes() <= w_t::cache_keep_bytes + w_t::cache_drop_step);
+    }
+    CHECK((*w)->cached_bytes() >= w_t::cache_keep_bytes);
+    auto f = only_file(d.path());
+    REQUIRE(std::filesystem::file_size(f) == end);
+    const std::uint64_t dropped_upto = end - (*w)->cached_bytes();
+    CHECK(dropped_upto >= end - w_t::cache_keep_bytes - w_t::cache_drop_step);
+    // The kernel drops clean pages on DONTNEED (ext4, xfs; a tmpfs keeps them).
+    const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    CHECK(resident_pages(f, 0, dropped_upto / page * page) == 0);
+    CHECK(resident_pages(f, (end - (1 << 20)) / page * page, end) > 0);
+  }
+  auto back = read_all(d.path());
+  REQUIRE(back.size() == 40);
+  CHECK(back[0].payload == p);
+  CHECK(back[39].id == "e:49");
 }
