@@ -1799,15 +1799,14 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   int rc = impl_->read_cursor(p->dbi, t, c);
   if (rc) return lmdb_ec(rc);
   const std::int64_t now = impl_->now_ms();
+  // What the scan takes, viewing into the map until the read txn ends; it is
+  // then copied into the batch's buffer, reserved once to the exact size.
   struct taken {
     std::uint64_t key;
-    std::size_t off;
     std::uint16_t attempts;
     std::int64_t created_ms;
     std::uint64_t checksum;
-    std::uint8_t id_len, stream_len;
-    std::uint16_t err_len;
-    std::size_t payload_len;
+    std::string_view id, stream, payload;
   };
   std::vector<taken> got;
   got.reserve(std::min<std::size_t>(max_segments, 4096));
@@ -1841,24 +1840,33 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
     }
     auto rec = detail::decode_record(vv);
     if (!rec) return errc::store_corrupt;
-    taken tk{key,
-             out.buffer.size(),
-             rec->attempts,
-             rec->created_ms,
-             rec->checksum,
-             static_cast<std::uint8_t>(rec->id.size()),
-             static_cast<std::uint8_t>(rec->stream.size()),
-             static_cast<std::uint16_t>(rec->last_error.size()),
-             rec->payload.size()};
-    out.buffer.append(rec->id);
-    out.buffer.append(rec->stream);
-    out.buffer.append(rec->payload);
+    got.push_back({key, rec->attempts, rec->created_ms, rec->checksum, rec->id, rec->stream, rec->payload});
     out.payload_bytes += rec->payload.size();
-    got.push_back(tk);
     keys.push_back(key);
     if (got.size() >= max_segments || out.payload_bytes >= max_bytes) break;
   }
   if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
+  {
+    std::size_t n = 0;
+    for (auto& g : got)
+      n += g.id.size() + g.stream.size() + g.payload.size();
+    out.buffer.reserve(std::max<std::size_t>(n, 64));
+  }
+  out.segments.reserve(got.size());
+  for (auto& g : got) {
+    segment_out s;
+    s.key = g.key;
+    s.attempts = g.attempts;
+    s.created_ms = g.created_ms;
+    s.checksum = g.checksum;
+    s.id = std::string_view(out.buffer.data() + out.buffer.size(), g.id.size());
+    out.buffer.append(g.id);
+    s.stream = std::string_view(out.buffer.data() + out.buffer.size(), g.stream.size());
+    out.buffer.append(g.stream);
+    s.payload = std::string_view(out.buffer.data() + out.buffer.size(), g.payload.size());
+    out.buffer.append(g.payload);
+    out.segments.push_back(s);
+  }
   t.abort();
   if (impl_->read_since_trim.fetch_add(scanned_bytes) + scanned_bytes >= trim_every_bytes) {
     impl_->read_since_trim = 0;
@@ -1871,19 +1879,6 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
   else if (resume)
     p->cursor = std::max(p->cursor, *resume);
   sorted_insert(p->leased, keys);
-  out.segments.reserve(got.size());
-  const char* base = out.buffer.data();
-  for (auto& g : got) {
-    segment_out s;
-    s.key = g.key;
-    s.attempts = g.attempts;
-    s.created_ms = g.created_ms;
-    s.checksum = g.checksum;
-    s.id = std::string_view(base + g.off, g.id_len);
-    s.stream = std::string_view(base + g.off + g.id_len, g.stream_len);
-    s.payload = std::string_view(base + g.off + g.id_len + g.stream_len, g.payload_len);
-    out.segments.push_back(s);
-  }
   if (out.segments.empty() && next_ready) out.next_ready = util::from_unix_ms(*next_ready);
   return out;
 }
