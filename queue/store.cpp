@@ -252,6 +252,7 @@ struct store::impl {
   // or rows a format 2 store left. While it is empty a ranged id is not
   // looked up there. As committed, and in the transaction in progress.
   bool ids_db_used = false, w_ids_db_used = false;
+  std::vector<std::optional<detail::origin_seq>> parsed_ids; // apply_enqueue's scratch (writer thread)
   std::uint64_t map_size = 0, max_map = 0;
   // The received-id (dedupe) tables are bounded by dedupe_window, not by any
   // capacity, so the map may grow past max_map by what they take (measured
@@ -857,11 +858,14 @@ struct store::impl {
     std::uint64_t need = 0, fresh_without_id = 0;
     char idbuf[64];
     detail::id_range_table ranges(w, id_ranges_db, now, opt.dedupe_window.count());
+    auto& parsed = parsed_ids; // "<origin>:<seq>" of each id, for both passes
+    parsed.assign(segs.size(), std::nullopt);
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
       if (!s.id.empty()) {
         bool seen = false;
-        auto os = detail::parse_origin_seq(s.id);
+        auto& os = parsed[i];
+        os = detail::parse_origin_seq(s.id);
         if (os) {
           int rc = ranges.contains(*os, seen);
           if (rc) return rc;
@@ -914,8 +918,38 @@ struct store::impl {
     std::uint64_t oseq = r.eres.first_seq;
     // The first pass looked every id up before this request wrote any; an id
     // repeated inside the request is caught here, without a second lookup.
+    // A sender's ids come in increasing seqs per origin, and an id above
+    // every seq of its origin taken so far cannot be a repeat; from the
+    // first id that is not so (or has no seq, or past a few origins) on,
+    // every id taken is checked in a hash set instead.
+    struct origin_max {
+      std::string_view origin;
+      std::uint64_t seq;
+    };
+    std::vector<origin_max> maxes;
     std::unordered_set<std::string_view> ids_here;
-    if (segs.size() > 1 && fresh_without_id < segs.size()) ids_here.reserve(segs.size());
+    bool hashed = false;
+    auto repeated = [&](std::size_t i) {
+      if (segs.size() < 2) return false;
+      if (const auto& os = parsed[i]; os && !hashed) {
+        auto m = std::find_if(maxes.begin(), maxes.end(), [&](const origin_max& x) { return x.origin == os->origin; });
+        if (m == maxes.end() && maxes.size() < 16) {
+          maxes.push_back({os->origin, os->seq});
+          return false;
+        }
+        if (m != maxes.end() && os->seq > m->seq) {
+          m->seq = os->seq;
+          return false;
+        }
+      }
+      if (!hashed) {
+        hashed = true;
+        ids_here.reserve(segs.size());
+        for (std::size_t j = 0; j < i; ++j)
+          if (!segs[j].id.empty() && r.eres.status[j] != item_status::duplicate) ids_here.insert(segs[j].id);
+      }
+      return !ids_here.insert(segs[i].id).second;
+    };
     std::vector<detail::origin_seq> ranged; // accepted "<origin>:<seq>" ids, for the range table
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
@@ -928,7 +962,7 @@ struct store::impl {
       rec.checksum = s.checksum ? *s.checksum : util::checksum(s.payload);
       rec.stream = s.stream;
       rec.payload = s.payload;
-      if (!s.id.empty() && segs.size() > 1 && !ids_here.insert(s.id).second) {
+      if (!s.id.empty() && repeated(i)) {
         // The same id twice in one request counts once.
         r.eres.status[i] = item_status::duplicate;
         ++wglob.duplicates;
@@ -939,7 +973,7 @@ struct store::impl {
         idbuf[opt.node_id.size()] = ':';
         auto* e = std::to_chars(idbuf + opt.node_id.size() + 1, idbuf + sizeof idbuf, oseq++).ptr;
         rec.id = std::string_view(idbuf, static_cast<std::size_t>(e - idbuf));
-      } else if (auto os = detail::parse_origin_seq(s.id)) {
+      } else if (const auto& os = parsed[i]) {
         rec.id = s.id;
         ranged.push_back(*os);
       } else {
