@@ -674,24 +674,34 @@ void make_format1(const std::filesystem::path& data, std::int64_t ms, const std:
   REQUIRE(mdb_txn_commit(t) == 0);
   mdb_env_close(env);
 }
-std::uint32_t stored_format(const std::filesystem::path& data) {
+// One table of a closed store, opened read-only (the tests that inspect the
+// on-disk format).
+struct closed_table {
   MDB_env* env = nullptr;
-  REQUIRE(mdb_env_create(&env) == 0);
-  mdb_env_set_maxdbs(env, 4096);
-  REQUIRE(mdb_env_open(env, data.c_str(), MDB_RDONLY, 0640) == 0);
   MDB_txn* t = nullptr;
-  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == 0);
-  MDB_dbi meta;
-  REQUIRE(mdb_dbi_open(t, "meta", 0, &meta) == 0);
+  MDB_dbi dbi = 0;
+  closed_table(const std::filesystem::path& data, const char* name) {
+    REQUIRE(mdb_env_create(&env) == 0);
+    mdb_env_set_maxdbs(env, 4096);
+    REQUIRE(mdb_env_open(env, data.c_str(), MDB_RDONLY, 0640) == 0);
+    REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == 0);
+    REQUIRE(mdb_dbi_open(t, name, 0, &dbi) == 0);
+  }
+  closed_table(const closed_table&) = delete;
+  closed_table& operator=(const closed_table&) = delete;
+  ~closed_table() {
+    if (t) mdb_txn_abort(t);
+    mdb_env_close(env);
+  }
+};
+std::uint32_t stored_format(const std::filesystem::path& data) {
+  closed_table meta(data, "meta");
   std::string k = "format";
   MDB_val kv{k.size(), k.data()}, vv{};
-  REQUIRE(mdb_get(t, meta, &kv, &vv) == 0);
+  REQUIRE(mdb_get(meta.t, meta.dbi, &kv, &vv) == 0);
   REQUIRE(vv.mv_size == 4);
   auto* b = static_cast<const unsigned char*>(vv.mv_data);
-  std::uint32_t f = (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) | b[3];
-  mdb_txn_abort(t);
-  mdb_env_close(env);
-  return f;
+  return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) | b[3];
 }
 } // namespace
 
@@ -726,16 +736,9 @@ TEST_CASE("a format 1 store is upgraded on open: its received ids still dedupe a
 namespace {
 // The rows of the "id_ranges" table of a closed store, as "origin first-last".
 std::vector<std::string> id_range_rows(const std::filesystem::path& data) {
-  MDB_env* env = nullptr;
-  REQUIRE(mdb_env_create(&env) == 0);
-  mdb_env_set_maxdbs(env, 4096);
-  REQUIRE(mdb_env_open(env, data.c_str(), MDB_RDONLY, 0640) == 0);
-  MDB_txn* t = nullptr;
-  REQUIRE(mdb_txn_begin(env, nullptr, MDB_RDONLY, &t) == 0);
-  MDB_dbi d;
-  REQUIRE(mdb_dbi_open(t, "id_ranges", 0, &d) == 0);
+  closed_table ranges(data, "id_ranges");
   MDB_cursor* c = nullptr;
-  REQUIRE(mdb_cursor_open(t, d, &c) == 0);
+  REQUIRE(mdb_cursor_open(ranges.t, ranges.dbi, &c) == 0);
   auto u64 = [](const unsigned char* b) {
     std::uint64_t v = 0;
     for (int i = 0; i < 8; ++i)
@@ -753,8 +756,6 @@ std::vector<std::string> id_range_rows(const std::filesystem::path& data) {
                    "-" + std::to_string(u64(static_cast<const unsigned char*>(v.mv_data))));
   }
   mdb_cursor_close(c);
-  mdb_txn_abort(t);
-  mdb_env_close(env);
   return rows;
 }
 std::vector<queue::item_status> statuses(queue::store& s, const std::vector<std::string>& ids, queue::peer_id to) {
