@@ -814,6 +814,15 @@ TEST_CASE("the client accepts only a version and a compression it offered, and h
   t = accept_hello_ack(h, hello_ack{3, "hub", "none", 2, 1000, 0});
   REQUIRE(t.has_error());
   CHECK(t.error().fault == codec_fault::unsupported_version);
+
+  // A client may offer a name this build has no codec for (a newer peer's
+  // HELLO relayed, a hand-built one); the server choosing it is refused.
+  hello offers_lz4 = h;
+  offers_lz4.compressions = {"lz4", "none"};
+  t = accept_hello_ack(offers_lz4, hello_ack{1, "hub", "lz4", 2, 1000, 0});
+  REQUIRE(t.has_error());
+  CHECK(t.error().fault == codec_fault::bad_value);
+  CHECK(t.error().message == "HELLO_ACK: compression \"lz4\" is not implemented by this build");
 }
 
 TEST_CASE("a full handshake over the wire agrees on the same terms on both sides") {
