@@ -116,10 +116,8 @@ public:
         if (n->first == id.seq) return found(id.origin, *n, seen);
         hi = n->first;
       }
-      rc = cur_.get(k, v, MDB_PREV);
-    } else if (rc == MDB_NOTFOUND) {
-      rc = cur_.get(k, v, MDB_LAST);
     }
+    rc = step_back(rc, k, v);
     if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
     bool has_lo = false;
     std::uint64_t lo = 0;
@@ -171,11 +169,7 @@ public:
     // The range before `first`, if it reaches first - 1 or beyond.
     if (first > 0) {
       k = key;
-      rc = cur_.get(k, v, MDB_SET_RANGE);
-      if (rc == MDB_SUCCESS)
-        rc = cur_.get(k, v, MDB_PREV);
-      else if (rc == MDB_NOTFOUND)
-        rc = cur_.get(k, v, MDB_LAST);
+      rc = step_back(cur_.get(k, v, MDB_SET_RANGE), k, v);
       if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return rc;
       if (rc == MDB_SUCCESS) {
         auto p = decode_range(origin, k, v);
@@ -199,6 +193,13 @@ public:
 
 private:
   int open_cursor() { return cur_.get() ? MDB_SUCCESS : cursor::open(w_, dbi_, cur_); }
+  // After an MDB_SET_RANGE that returned rc: moves to the entry before the
+  // key it was given (the last entry when none was at or after it).
+  int step_back(int rc, std::string_view& k, std::string_view& v) {
+    if (rc == MDB_SUCCESS) return cur_.get(k, v, MDB_PREV);
+    if (rc == MDB_NOTFOUND) return cur_.get(k, v, MDB_LAST);
+    return rc;
+  }
   // The id is inside range r: seen while r is live; a live r answers the
   // next ids inside it without a lookup.
   int found(std::string_view origin, const id_range& r, bool& seen) {
