@@ -19,6 +19,9 @@ namespace edgerelay::relay {
 
 namespace {
 constexpr std::string_view file_magic = "ERSPOOL1";
+// A record's bytes besides id, stream and payload: u32 length, u8 id length,
+// u8 stream length, i64 created, u64 checksum, u32 payload length, u32 crc.
+constexpr std::size_t record_frame_bytes = 4 + 1 + 1 + 8 + 8 + 4 + 4;
 
 error io_error(const std::string& what, int e) {
   return error{boost::system::error_code(e, boost::system::system_category()), what + ": " + std::strerror(e)};
@@ -205,7 +208,8 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
   {
     std::size_t framed = 0;
     for (auto& r : records)
-      framed += 30 + r.id.size() + r.stream.size() + (r.payload.size() < inline_below ? r.payload.size() : 0);
+      framed +=
+          record_frame_bytes + r.id.size() + r.stream.size() + (r.payload.size() < inline_below ? r.payload.size() : 0);
     buf.reserve(framed);
   }
   std::vector<piece> pieces;
