@@ -813,8 +813,12 @@ int run_bench_tiers(const bench_tiers_options& o) {
     return 1;
   }
   bool temp = !o.dir;
-  fs::path dir = o.dir ? *o.dir : fs::temp_directory_path() / ("edgerelay-bench-" + std::to_string(::getpid()));
-  fs::create_directories(dir, ec);
+  // Absolute: the nodes' configs name their spool, PKI and data by this path
+  // and the nodes run in their own directories.
+  fs::path dir = fs::absolute(o.dir ? fs::path(*o.dir)
+                                    : fs::temp_directory_path() / ("edgerelay-bench-" + std::to_string(::getpid())),
+                              ec);
+  if (!ec) fs::create_directories(dir, ec);
   if (ec) {
     std::cerr << "edgerelay bench tiers: cannot create " << dir.string() << ": " << ec.message() << "\n";
     return 1;
