@@ -10,6 +10,7 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -201,15 +202,17 @@ public:
     std::size_t off = static_cast<std::size_t>((seq * 4099 + producer * 131) % span);
     return std::string_view(pool_).substr(off, len);
   }
-  void make(std::string& out, std::size_t len, std::uint32_t producer, std::uint64_t seq) const {
-    out.resize(len);
-    auto* p = reinterpret_cast<unsigned char*>(out.data());
+  // The payload of `len` bytes as two parts: the header (written into
+  // `header`) and the filler, a view into the pool.
+  std::array<std::string_view, 2> make(std::array<unsigned char, header_bytes>& header, std::size_t len,
+                                       std::uint32_t producer, std::uint64_t seq) const {
+    auto* p = header.data();
     util::put_be32(p, payload_magic);
     util::put_be32(p + 4, producer);
     util::put_be64(p + 8, seq);
     util::put_be64(p + 16, static_cast<std::uint64_t>(now_ns()));
-    auto f = slice(producer, seq, len - header_bytes);
-    std::memcpy(out.data() + header_bytes, f.data(), f.size());
+    return {std::string_view(reinterpret_cast<const char*>(p), header_bytes),
+            slice(producer, seq, len - header_bytes)};
   }
 
 private:
@@ -304,8 +307,7 @@ private:
         fd_ = ::open(f->second.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd_ < 0) return;
         file_seq_ = f->first;
-        buf_.clear();
-        at_ = 0;
+        len_ = at_ = 0;
         magic_done_ = false;
       }
       if (read_some()) continue;
@@ -320,30 +322,32 @@ private:
 
   // Reads what is there and handles complete records; false at end of file.
   bool read_some() {
-    if (buf_.size() - at_ < (8u << 20) && at_ > 0) {
-      buf_.erase(0, at_);
+    // The unhandled rest (a partial record) moves to the front; the buffer
+    // only grows (a resize would zero-fill the whole read size every time).
+    if (at_ > 0) {
+      std::memmove(buf_.data(), buf_.data() + at_, len_ - at_);
+      len_ -= at_;
       at_ = 0;
     }
-    std::size_t old = buf_.size();
-    buf_.resize(old + (4u << 20));
-    auto n = ::read(fd_, buf_.data() + old, 4u << 20);
-    buf_.resize(old + (n > 0 ? static_cast<std::size_t>(n) : 0));
+    if (buf_.size() < len_ + read_chunk) buf_.resize(len_ + read_chunk);
+    auto n = ::read(fd_, buf_.data() + len_, read_chunk);
     if (n <= 0) return false;
+    len_ += static_cast<std::size_t>(n);
     auto arrival = now_ns();
     if (!magic_done_) {
-      if (buf_.size() < 8) return true;
-      if (buf_.compare(0, 8, "ERSPOOL1") != 0) {
+      if (len_ < 8) return true;
+      if (std::string_view(buf_.data(), 8) != "ERSPOOL1") {
         ++bad_;
         ::lseek(fd_, 0, SEEK_END);
-        buf_.clear();
+        len_ = 0;
         return true;
       }
       at_ = 8;
       magic_done_ = true;
     }
-    while (buf_.size() - at_ >= 4) {
+    while (len_ - at_ >= 4) {
       auto len = util::get_be32(reinterpret_cast<const unsigned char*>(buf_.data() + at_));
-      if (buf_.size() - at_ - 4 < len) break;
+      if (len_ - at_ - 4 < len) break;
       handle(std::string_view(buf_).substr(at_ + 4, len), arrival);
       at_ += 4 + len;
     }
@@ -407,7 +411,9 @@ private:
   std::atomic<bool> stop_{false};
   int ifd_ = -1, fd_ = -1;
   std::uint64_t file_seq_ = 0;
-  std::string buf_;
+  static constexpr std::size_t read_chunk = 4u << 20;
+  std::string buf_; // [0, len_) read from the file, [at_, len_) not handled yet
+  std::size_t len_ = 0;
   std::size_t at_ = 0;
   bool magic_done_ = false;
   std::atomic<std::uint64_t> distinct_{0};
@@ -446,13 +452,13 @@ void run_producer(const std::string& url, const filler_pool& pool, std::uint32_t
     res.error = p.error().message;
     return;
   }
-  std::string payload;
+  std::array<unsigned char, header_bytes> header{};
   res.first_send_ns = now_ns();
   auto start = steady::now();
   auto end = start + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(seconds));
   auto send_one = [&]() -> bool {
-    pool.make(payload, bytes, index, seq_base + res.sent);
-    if (auto r = (*p)->send("bench", payload); !r) {
+    auto parts = pool.make(header, bytes, index, seq_base + res.sent);
+    if (auto r = (*p)->send_parts("bench", parts); !r) {
       res.error = r.error().message;
       return false;
     }

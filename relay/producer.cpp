@@ -249,20 +249,30 @@ boost::system::result<std::unique_ptr<ws_producer>, error> ws_producer::connect(
 }
 
 boost::system::result<void, error> ws_producer::send(std::string_view stream, std::string_view payload) {
+  return send_parts(stream, std::span<const std::string_view>(&payload, 1));
+}
+
+boost::system::result<void, error> ws_producer::send_parts(std::string_view stream,
+                                                           std::span<const std::string_view> parts) {
   auto& m = *impl_;
   std::unique_lock lk(m.mu);
   if (m.failed) return failure(*m.failed);
+  std::size_t size = 0;
+  for (auto part : parts)
+    size += part.size();
   std::size_t max_bytes = m.terms.max_batch_bytes
                               ? std::min<std::size_t>(m.opt.batch_max_bytes, m.terms.max_batch_bytes)
                               : m.opt.batch_max_bytes;
   if (!m.slots.empty() &&
-      (m.batch_payload_bytes + payload.size() > max_bytes || m.slots.size() >= m.opt.batch_max_segments))
+      (m.batch_payload_bytes + size > max_bytes || m.slots.size() >= m.opt.batch_max_segments))
     if (auto r = m.send_batch(lk); !r) return r;
-  impl::slot s{m.arena.size(), stream.size(), m.arena.size() + stream.size(), payload.size(), util::checksum(payload)};
+  impl::slot s{m.arena.size(), stream.size(), m.arena.size() + stream.size(), size, 0};
   m.arena.append(stream);
-  m.arena.append(payload);
+  for (auto part : parts)
+    m.arena.append(part);
+  s.checksum = util::checksum(std::string_view(m.arena).substr(s.payload_at, size));
   m.slots.push_back(s);
-  m.batch_payload_bytes += payload.size();
+  m.batch_payload_bytes += size;
   return {};
 }
 

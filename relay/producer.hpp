@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -56,6 +57,9 @@ public:
   // Copies one segment into the batch being built; sends the batch when it is
   // full, waiting (up to ack_timeout) for a window slot.
   boost::system::result<void, error> send(std::string_view stream, std::string_view payload);
+  // send() of one segment whose payload is the concatenation of `parts`
+  // (e.g. a header and a body), copied into the batch once.
+  boost::system::result<void, error> send_parts(std::string_view stream, std::span<const std::string_view> parts);
   // Sends the partial batch now (waiting, up to ack_timeout, for a window
   // slot) without waiting for its ACK: a paced producer's "linger" point,
   // so a batch never waits for segments that come later.
