@@ -88,6 +88,7 @@ struct segment_in {
   std::string_view id;                   // empty: the store assigns "<node id>:<seq>"
   std::int64_t created_ms = 0;           // 0: now
   std::optional<std::uint64_t> checksum; // verified against the payload when given
+  bool checksum_verified = false;        // the caller has just verified checksum against payload; not done again
 };
 
 enum class item_status : std::uint8_t { stored, duplicate };

@@ -1169,10 +1169,11 @@ private:
         continue;
       }
       p->slot[i] = static_cast<int>(segs.size());
+      // transport::verify() above checked the checksum: the store need not again.
       if (producer)
-        segs.push_back({r.stream, r.payload, p->routes[i], {}, 0, r.checksum});
+        segs.push_back({r.stream, r.payload, p->routes[i], {}, 0, r.checksum, true});
       else
-        segs.push_back({r.stream, r.payload, p->routes[i], r.id, r.created_ms, r.checksum});
+        segs.push_back({r.stream, r.payload, p->routes[i], r.id, r.created_ms, r.checksum, true});
     }
     auto self = shared_from_this();
     auto finish = [self, p](const queue::enqueue_result* res) {

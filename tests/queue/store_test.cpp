@@ -904,6 +904,20 @@ TEST_CASE("bad segments are refused with a precise error and nothing is stored")
   CHECK(queue::valid_stream_name("a.b_c-9"));
 }
 
+TEST_CASE("a checksum the caller has verified is stored as given, without a second check") {
+  fixture f;
+  const queue::peer_id to[] = {f.a};
+  // The relay receiver verifies every record's checksum as it decodes the
+  // batch and says so: the store keeps the value it was handed.
+  const auto sum = util::checksum("payload");
+  auto r = f.s->enqueue_wait({{"s1", "payload", to, "x:1", 0, sum, true}});
+  REQUIRE_FALSE(r.ec);
+  auto b = f.read(f.a);
+  REQUIRE(b.segments.size() == 1);
+  CHECK(b.segments[0].checksum == sum);
+  CHECK(b.segments[0].payload == "payload");
+}
+
 TEST_CASE("queues, counters, dead letters and backoff schedules survive a reopen") {
   fixture f([](auto& o) { o.max_retry = 5; });
   auto ids = f.put(4, {f.a, f.b});
