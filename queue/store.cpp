@@ -1818,31 +1818,51 @@ sys_ec store::put_record_wait(std::string key, std::string value) {
 }
 
 result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes) {
-  peer_rt* p = impl_->peer(peer);
-  if (!p) return errc::unknown_peer;
   batch out;
   out.peer = peer;
   // The segments view into buffer, and the batch is moved on return: a
   // heap buffer keeps its address across moves, a short (SSO) string does not.
   out.buffer.reserve(64);
+  auto r = read_batch_visit(peer, max_segments, max_bytes, [&](std::span<const segment_out> segs) {
+    std::size_t n = 0;
+    for (auto& g : segs)
+      n += g.id.size() + g.stream.size() + g.payload.size();
+    out.buffer.reserve(std::max<std::size_t>(n, 64)); // once, to the exact size: the views stay valid
+    out.segments.reserve(segs.size());
+    auto take = [&](std::string_view v) {
+      std::string_view at(out.buffer.data() + out.buffer.size(), v.size());
+      out.buffer.append(v);
+      return at;
+    };
+    for (auto& g : segs) {
+      segment_out s = g;
+      s.id = take(g.id);
+      s.stream = take(g.stream);
+      s.payload = take(g.payload);
+      out.segments.push_back(s);
+    }
+  });
+  if (!r) return r.error();
+  out.payload_bytes = r->payload_bytes;
+  out.next_ready = r->next_ready;
+  return out;
+}
+
+result<store::visit_result> store::read_batch_visit(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes,
+                                                    const std::function<void(std::span<const segment_out>)>& visit) {
+  peer_rt* p = impl_->peer(peer);
+  if (!p) return errc::unknown_peer;
+  visit_result out;
   if (max_segments == 0) return out;
   std::shared_lock map_lk(impl_->map_mu);
-  std::lock_guard lk(p->mu);
+  std::unique_lock lk(p->mu);
   txn t;
   cursor c;
   int rc = impl_->read_cursor(p->dbi, t, c);
   if (rc) return lmdb_ec(rc);
   const std::int64_t now = impl_->now_ms();
-  // What the scan takes, viewing into the map until the read txn ends; it is
-  // then copied into the batch's buffer, reserved once to the exact size.
-  struct taken {
-    std::uint64_t key;
-    std::uint16_t attempts;
-    std::int64_t created_ms;
-    std::uint64_t checksum;
-    std::string_view id, stream, payload;
-  };
-  std::vector<taken> got;
+  // What the scan takes views into the map until the read txn ends.
+  std::vector<segment_out> got;
   got.reserve(std::min<std::size_t>(max_segments, 4096));
   std::vector<std::uint64_t> keys;
   keys.reserve(got.capacity());
@@ -1874,46 +1894,30 @@ result<batch> store::read_batch(peer_id peer, std::size_t max_segments, std::uin
     }
     auto rec = detail::decode_record(vv);
     if (!rec) return errc::store_corrupt;
-    got.push_back({key, rec->attempts, rec->created_ms, rec->checksum, rec->id, rec->stream, rec->payload});
+    got.push_back({key, rec->id, rec->stream, rec->created_ms, rec->checksum, rec->attempts, rec->payload});
     out.payload_bytes += rec->payload.size();
     keys.push_back(key);
     if (got.size() >= max_segments || out.payload_bytes >= max_bytes) break;
   }
   if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
-  {
-    std::size_t n = 0;
-    for (auto& g : got)
-      n += g.id.size() + g.stream.size() + g.payload.size();
-    out.buffer.reserve(std::max<std::size_t>(n, 64));
-  }
-  out.segments.reserve(got.size());
-  for (auto& g : got) {
-    segment_out s;
-    s.key = g.key;
-    s.attempts = g.attempts;
-    s.created_ms = g.created_ms;
-    s.checksum = g.checksum;
-    s.id = std::string_view(out.buffer.data() + out.buffer.size(), g.id.size());
-    out.buffer.append(g.id);
-    s.stream = std::string_view(out.buffer.data() + out.buffer.size(), g.stream.size());
-    out.buffer.append(g.stream);
-    s.payload = std::string_view(out.buffer.data() + out.buffer.size(), g.payload.size());
-    out.buffer.append(g.payload);
-    out.segments.push_back(s);
-  }
-  t.abort();
-  if (impl_->read_since_trim.fetch_add(scanned_bytes) + scanned_bytes >= trim_every_bytes) {
-    impl_->read_since_trim = 0;
-    impl_->trim_map();
-  }
   // Every key below the cursor is leased or gone; a segment waiting for its
   // backoff holds the cursor so that later scans come back to it.
   if (first_skip)
     p->cursor = std::max(p->cursor, *first_skip);
   else if (resume)
     p->cursor = std::max(p->cursor, *resume);
-  sorted_insert(p->leased, keys);
-  if (out.segments.empty() && next_ready) out.next_ready = util::from_unix_ms(*next_ready);
+  sorted_insert(p->leased, std::move(keys));
+  lk.unlock();
+  // Leased: no other read returns them, and the read txn's snapshot keeps
+  // the views valid whatever the writer commits meanwhile.
+  out.segments = got.size();
+  if (!got.empty()) visit(std::span<const segment_out>(got));
+  t.abort();
+  if (impl_->read_since_trim.fetch_add(scanned_bytes) + scanned_bytes >= trim_every_bytes) {
+    impl_->read_since_trim = 0;
+    impl_->trim_map();
+  }
+  if (got.empty() && next_ready) out.next_ready = util::from_unix_ms(*next_ready);
   return out;
 }
 

@@ -293,6 +293,18 @@ public:
   // segments and leases them: no other read returns them until they are
   // acked, nacked, rejected or released.
   result<batch> read_batch(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes);
+  // read_batch() without the copy: leases the same segments and hands them
+  // to `visit` (only when there is at least one) while they still view into
+  // the map, inside the read transaction. The views are valid only during
+  // the call; `visit` runs on the calling thread, must be short and must not
+  // call into the store (acks, releases and rejects come after it returns).
+  struct visit_result {
+    std::size_t segments = 0;
+    std::uint64_t payload_bytes = 0;
+    std::optional<std::chrono::system_clock::time_point> next_ready; // as batch::next_ready
+  };
+  result<visit_result> read_batch_visit(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes,
+                                        const std::function<void(std::span<const segment_out>)>& visit);
   // Drops the lease without counting an attempt (connection lost before any answer).
   void release(peer_id peer, std::span<const std::uint64_t> keys);
 

@@ -456,36 +456,57 @@ private:
     for (;;) {
       if (stopping()) return;
       if (!wait_budget(1)) return;
-      auto b = n_.store->read_batch(id_, max_batch_segments, config().batch_max_bytes);
-      if (!b || b->segments.empty()) {
+      std::vector<std::uint64_t> keys;
+      std::vector<std::int64_t> created;
+      std::uint64_t held = 0; // bytes the budget does not allow yet
+      std::uint64_t wire = 0;
+      std::optional<boost::system::result<void, error>> appended;
+      // The records go from the store's map straight into the spool, inside
+      // the read (no copy of the batch first); acks and nacks come after it.
+      auto b = n_.store->read_batch_visit(
+          id_, max_batch_segments, config().batch_max_bytes, [&](std::span<const queue::segment_out> segs) {
+            std::vector<spool_input> recs;
+            recs.reserve(segs.size());
+            keys.reserve(segs.size());
+            created.reserve(segs.size());
+            std::uint64_t bytes = 0;
+            bool all_known = !recent_.empty();
+            for (auto& s : segs) {
+              keys.push_back(s.key);
+              created.push_back(s.created_ms);
+              if (!recent_.empty() && recent_.count(std::string(s.id))) continue; // spooled before a crash
+              all_known = false;
+              recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+              bytes += s.payload.size() + s.id.size() + s.stream.size();
+            }
+            if (!recs.empty() && !shared_->limiter->check(bytes).allowed) {
+              held = bytes; // waited for after the read, then read again
+              return;
+            }
+            // What a crash left spooled and queued is the head of the queue;
+            // once a batch goes past it, nothing later can be in the spool.
+            if (!recent_.empty() && !all_known) recent_.clear();
+            if (recs.empty()) return;
+            auto before = writer_->bytes_written();
+            appended = writer_->append(recs);
+            wire = writer_->bytes_written() - before;
+          });
+      if (!b || b->segments == 0) {
         if (!pause(50ms)) return;
         continue;
       }
-      std::vector<spool_input> recs;
-      std::vector<std::uint64_t> keys;
-      std::vector<std::int64_t> created;
-      std::uint64_t bytes = 0;
-      bool all_known = !recent_.empty();
-      for (auto& s : b->segments) {
-        keys.push_back(s.key);
-        created.push_back(s.created_ms);
-        if (!recent_.empty() && recent_.count(std::string(s.id))) continue; // spooled before a crash
-        all_known = false;
-        recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
-        bytes += s.payload.size() + s.id.size() + s.stream.size();
+      if (held) {
+        n_.store->release(id_, keys);
+        if (!wait_budget(held)) return;
+        continue;
       }
-      // What a crash left spooled and queued is the head of the queue; once a
-      // batch goes past it, nothing later can be in the spool.
-      if (!recent_.empty() && !all_known) recent_.clear();
-      if (!recs.empty()) {
-        if (!wait_budget(bytes)) {
-          n_.store->release(id_, keys);
-          return;
+      if (appended) {
+        count_wire(wire);
+        {
+          std::lock_guard lk(mu_);
+          if (state_ == holding_quota || state_ == outside_window) state_ = connected;
         }
-        auto before = writer_->bytes_written();
-        auto r = writer_->append(recs);
-        count_wire(writer_->bytes_written() - before);
-        if (!r) {
+        if (auto& r = *appended; !r) {
           {
             std::lock_guard lk(mu_);
             last_error_ = r.error().message;
@@ -884,13 +905,19 @@ private:
     while (inflight_.size() < window && ch_->queued() < 4) {
       if (!pending_) {
         if (auto d = lim.check(1); !d.allowed && d.reason != bandwidth::hold_reason::rate) return hold(d);
-        auto b = n_.store->read_batch(id_, 4096, max_bytes);
+        // Encoded straight from the store's map: no copy of the batch first.
+        std::optional<encode_failure> failed;
+        auto b = n_.store->read_batch_visit(id_, 4096, max_bytes,
+                                            [&](std::span<const queue::segment_out> segs) { failed = encode(segs); });
         if (!b) {
           set_state(connected, "store read failed: " + b.error().message());
           return;
         }
-        if (b->segments.empty()) return;
-        if (!encode(*b)) continue;
+        if (b->segments == 0) return;
+        if (failed) {
+          on_encode_failure(std::move(*failed));
+          continue;
+        }
       }
       if (auto d = lim.check(pending_->wire_bytes); !d.allowed) return hold(d);
       set_state(connected);
@@ -905,14 +932,26 @@ private:
     }
   }
 
-  // Encodes a batch into pending_; false when it had to drop a record that
-  // cannot travel (the rest is released and read again).
-  bool encode(queue::batch& b) {
+  // Why a batch could not be encoded: the record that cannot travel (if the
+  // codec names one) and the keys of the whole batch.
+  struct encode_failure {
+    std::vector<std::uint64_t> keys;
+    std::size_t item;
+    std::string message;
+  };
+
+  // Encodes a batch into pending_ (called inside the store's read: it must
+  // not call into the store). On failure nothing is pending and the caller
+  // hands the failure to on_encode_failure() after the read.
+  std::optional<encode_failure> encode(std::span<const queue::segment_out> segs) {
     std::vector<transport::segment_record> recs;
     std::vector<std::uint64_t> keys;
     std::vector<std::int64_t> created;
+    recs.reserve(segs.size());
+    keys.reserve(segs.size());
+    created.reserve(segs.size());
     std::uint64_t raw = transport::batch_header_bytes;
-    for (auto& sg : b.segments) {
+    for (auto& sg : segs) {
       recs.push_back({sg.id, sg.stream, sg.created_ms, sg.checksum, sg.payload});
       keys.push_back(sg.key);
       created.push_back(sg.created_ms);
@@ -923,25 +962,25 @@ private:
     enc.algorithm = terms_.algorithm;
     auto num = next_batch_;
     auto r = transport::encode_batch(num, recs, out, enc);
-    if (!r) {
-      // A record that cannot travel (the codec names it) would fail every
-      // attempt: dead-letter it with the reason and send the rest later.
-      if (r.error().item >= keys.size()) {
-        n_.store->release(id_, keys);
-        ch_->close("encode: " + r.error().message);
-        return false;
-      }
-      auto bad = r.error().item;
-      n_.store->reject(id_, {{keys[bad], "rejected:encode", r.error().message}}, nullptr);
-      keys.erase(keys.begin() + static_cast<std::ptrdiff_t>(bad));
-      n_.store->release(id_, keys);
-      return false;
-    }
+    if (!r) return encode_failure{std::move(keys), r.error().item, r.error().message};
     ++next_batch_;
     std::uint64_t wire = transport::ws_wire_bytes(out.size(), true);
     pending_ = pending_batch{
         num, std::move(out), std::move(keys), wire, transport::ws_wire_bytes(raw, true), std::move(created)};
-    return true;
+    return std::nullopt;
+  }
+
+  // A record that cannot travel (the codec names it) would fail every
+  // attempt: dead-letter it with the reason and send the rest later.
+  void on_encode_failure(encode_failure f) {
+    if (f.item >= f.keys.size()) {
+      n_.store->release(id_, f.keys);
+      ch_->close("encode: " + f.message);
+      return;
+    }
+    n_.store->reject(id_, {{f.keys[f.item], "rejected:encode", f.message}}, nullptr);
+    f.keys.erase(f.keys.begin() + static_cast<std::ptrdiff_t>(f.item));
+    n_.store->release(id_, f.keys);
   }
 
   // The budget holds: show why, and look again when it may have changed (at

@@ -918,6 +918,40 @@ TEST_CASE("a checksum the caller has verified is stored as given, without a seco
   CHECK(b.segments[0].payload == "payload");
 }
 
+TEST_CASE("read_batch_visit leases what read_batch would and shows it without a copy") {
+  fixture f;
+  auto ids = f.put(5, {f.a}, 32);
+  std::vector<std::string> seen, payloads;
+  std::vector<std::uint64_t> keys;
+  auto r = f.s->read_batch_visit(f.a, 3, 1ull << 30, [&](std::span<const queue::segment_out> segs) {
+    for (auto& g : segs) {
+      seen.emplace_back(g.id);
+      payloads.emplace_back(g.payload);
+      keys.push_back(g.key);
+      CHECK(g.stream == "s1");
+      CHECK(g.checksum == util::checksum(g.payload));
+    }
+  });
+  REQUIRE(r);
+  CHECK(r->segments == 3);
+  CHECK(r->payload_bytes == 3 * 32);
+  CHECK(seen == std::vector<std::string>(ids.begin(), ids.begin() + 3));
+  CHECK(payloads[0].rfind("p0", 0) == 0);
+  // Leased: a plain read gets the other two, and a visit with nothing left
+  // ready does not call the visitor.
+  CHECK(fixture::ids(f.read(f.a)) == std::vector<std::string>(ids.begin() + 3, ids.end()));
+  bool called = false;
+  r = f.s->read_batch_visit(f.a, 10, 1ull << 30, [&](auto) { called = true; });
+  REQUIRE(r);
+  CHECK(r->segments == 0);
+  CHECK_FALSE(called);
+  // The visited ones are acked like any read batch's.
+  REQUIRE_FALSE(f.s->ack_wait(f.a, keys));
+  CHECK(f.counters(f.a).delivered == 3);
+  f.check_accounting();
+  CHECK(f.s->read_batch_visit(99, 1, 1, [](auto) {}).error() == errc::unknown_peer);
+}
+
 TEST_CASE("queues, counters, dead letters and backoff schedules survive a reopen") {
   fixture f([](auto& o) { o.max_retry = 5; });
   auto ids = f.put(4, {f.a, f.b});
