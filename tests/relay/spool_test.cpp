@@ -38,9 +38,19 @@ TEST_CASE("spool records are read back in order with every field", "[spool]") {
                           {"e:2", "s2", 2000, util::checksum(std::string(70000, 'b')), std::string(70000, 'b')}})
                 .has_value());
     REQUIRE((*w)->append({{"e:3", "s1", 3000, util::checksum("c"), "c"}}).has_value());
+    // Either side of the size from which a payload is written from the
+    // caller's memory instead of framed inline.
+    const std::string p511(511, 'x'), p512(512, 'y');
+    REQUIRE((*w)->append({{"e:4", "s1", 4000, util::checksum(p511), p511},
+                          {"e:5", "s1", 5000, util::checksum(p512), p512}})
+                .has_value());
   }
   auto recs = read_all(d.path());
-  REQUIRE(recs.size() == 3);
+  REQUIRE(recs.size() == 5);
+  CHECK(recs[3].payload == std::string(511, 'x'));
+  CHECK(recs[4].payload == std::string(512, 'y'));
+  CHECK(recs[4].id == "e:5");
+  CHECK(recs[4].checksum == util::checksum(recs[4].payload));
   CHECK(recs[0].id == "e:1");
   CHECK(recs[0].stream == "s1");
   CHECK(recs[0].created_ms == 1000);
