@@ -211,8 +211,7 @@ public:
     util::put_be32(p + 4, producer);
     util::put_be64(p + 8, seq);
     util::put_be64(p + 16, static_cast<std::uint64_t>(now_ns()));
-    return {std::string_view(reinterpret_cast<const char*>(p), header_bytes),
-            slice(producer, seq, len - header_bytes)};
+    return {std::string_view(reinterpret_cast<const char*>(p), header_bytes), slice(producer, seq, len - header_bytes)};
   }
 
 private:
@@ -821,9 +820,8 @@ int run_bench_tiers(const bench_tiers_options& o) {
   bool temp = !o.dir;
   // Absolute: the nodes' configs name their spool, PKI and data by this path
   // and the nodes run in their own directories.
-  fs::path dir = fs::absolute(o.dir ? fs::path(*o.dir)
-                                    : fs::temp_directory_path() / ("edgerelay-bench-" + std::to_string(::getpid())),
-                              ec);
+  fs::path dir = fs::absolute(
+      o.dir ? fs::path(*o.dir) : fs::temp_directory_path() / ("edgerelay-bench-" + std::to_string(::getpid())), ec);
   if (!ec) fs::create_directories(dir, ec);
   if (ec) {
     std::cerr << "edgerelay bench tiers: cannot create " << dir.string() << ": " << ec.message() << "\n";

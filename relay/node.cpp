@@ -463,34 +463,35 @@ private:
       std::optional<boost::system::result<void, error>> appended;
       // The records go from the store's map straight into the spool, inside
       // the read (no copy of the batch first); acks and nacks come after it.
-      auto b = n_.store->read_batch_visit(
-          id_, max_batch_segments, config().batch_max_bytes, [&](std::span<const queue::segment_out> segs) {
-            std::vector<spool_input> recs;
-            recs.reserve(segs.size());
-            keys.reserve(segs.size());
-            created.reserve(segs.size());
-            std::uint64_t bytes = 0;
-            bool all_known = !recent_.empty();
-            for (auto& s : segs) {
-              keys.push_back(s.key);
-              created.push_back(s.created_ms);
-              if (!recent_.empty() && recent_.count(std::string(s.id))) continue; // spooled before a crash
-              all_known = false;
-              recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
-              bytes += s.payload.size() + s.id.size() + s.stream.size();
-            }
-            if (!recs.empty() && !shared_->limiter->check(bytes).allowed) {
-              held = bytes; // waited for after the read, then read again
-              return;
-            }
-            // What a crash left spooled and queued is the head of the queue;
-            // once a batch goes past it, nothing later can be in the spool.
-            if (!recent_.empty() && !all_known) recent_.clear();
-            if (recs.empty()) return;
-            auto before = writer_->bytes_written();
-            appended = writer_->append(recs);
-            wire = writer_->bytes_written() - before;
-          });
+      auto b = n_.store->read_batch_visit(id_, max_batch_segments, config().batch_max_bytes,
+                                          [&](std::span<const queue::segment_out> segs) {
+                                            std::vector<spool_input> recs;
+                                            recs.reserve(segs.size());
+                                            keys.reserve(segs.size());
+                                            created.reserve(segs.size());
+                                            std::uint64_t bytes = 0;
+                                            bool all_known = !recent_.empty();
+                                            for (auto& s : segs) {
+                                              keys.push_back(s.key);
+                                              created.push_back(s.created_ms);
+                                              if (!recent_.empty() && recent_.count(std::string(s.id)))
+                                                continue; // spooled before a crash
+                                              all_known = false;
+                                              recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+                                              bytes += s.payload.size() + s.id.size() + s.stream.size();
+                                            }
+                                            if (!recs.empty() && !shared_->limiter->check(bytes).allowed) {
+                                              held = bytes; // waited for after the read, then read again
+                                              return;
+                                            }
+                                            // What a crash left spooled and queued is the head of the queue;
+                                            // once a batch goes past it, nothing later can be in the spool.
+                                            if (!recent_.empty() && !all_known) recent_.clear();
+                                            if (recs.empty()) return;
+                                            auto before = writer_->bytes_written();
+                                            appended = writer_->append(recs);
+                                            wire = writer_->bytes_written() - before;
+                                          });
       if (!b || b->segments == 0) {
         if (!pause(50ms)) return;
         continue;

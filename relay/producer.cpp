@@ -263,8 +263,7 @@ boost::system::result<void, error> ws_producer::send_parts(std::string_view stre
   std::size_t max_bytes = m.terms.max_batch_bytes
                               ? std::min<std::size_t>(m.opt.batch_max_bytes, m.terms.max_batch_bytes)
                               : m.opt.batch_max_bytes;
-  if (!m.slots.empty() &&
-      (m.batch_payload_bytes + size > max_bytes || m.slots.size() >= m.opt.batch_max_segments))
+  if (!m.slots.empty() && (m.batch_payload_bytes + size > max_bytes || m.slots.size() >= m.opt.batch_max_segments))
     if (auto r = m.send_batch(lk); !r) return r;
   impl::slot s{m.arena.size(), stream.size(), m.arena.size() + stream.size(), size, 0};
   m.arena.append(stream);

@@ -4,9 +4,9 @@
 #include "relay/node.hpp"
 #include "relay/producer.hpp"
 #include "relay/spool.hpp"
-#include "util/checksum.hpp"
 #include "tests/support/node_runner.hpp"
 #include "tests/support/temp_dir.hpp"
+#include "util/checksum.hpp"
 
 #include <catch2/catch.hpp>
 

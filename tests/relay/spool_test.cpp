@@ -41,9 +41,9 @@ TEST_CASE("spool records are read back in order with every field", "[spool]") {
     // Either side of the size from which a payload is written from the
     // caller's memory instead of framed inline.
     const std::string p511(511, 'x'), p512(512, 'y');
-    REQUIRE((*w)->append({{"e:4", "s1", 4000, util::checksum(p511), p511},
-                          {"e:5", "s1", 5000, util::checksum(p512), p512}})
-                .has_value());
+    REQUIRE(
+        (*w)->append({{"e:4", "s1", 4000, util::checksum(p511), p511}, {"e:5", "s1", 5000, util::checksum(p512), p512}})
+            .has_value());
   }
   auto recs = read_all(d.path());
   REQUIRE(recs.size() == 5);
