@@ -13,14 +13,23 @@
 using namespace edgerelay;
 using namespace std::chrono_literals;
 
+namespace {
+
+// A node with a WebSocket ingest listener and one file:// peer, its spool.
+auto start_spool_node(const test::temp_dir& dir) {
+  return test::start_node(relay::parse_config("[node]\nid = \"edge\"\ndata_dir = \"" + (dir / "data").string() +
+                                                  "\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
+                                                  "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
+                                                  "[[peer]]\nname = \"spool\"\nurl = \"file://" +
+                                                  (dir / "spool").string() + "\"\n",
+                                              "edge.toml", dir.path()));
+}
+
+} // namespace
+
 TEST_CASE("push sends a partial batch at once and it is stored before any flush", "[relay][producer]") {
   test::temp_dir dir("producer");
-  auto n = test::start_node(relay::parse_config("[node]\nid = \"edge\"\ndata_dir = \"" + (dir / "data").string() +
-                                                    "\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
-                                                    "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
-                                                    "[[peer]]\nname = \"spool\"\nurl = \"file://" +
-                                                    (dir / "spool").string() + "\"\n",
-                                                "edge.toml", dir.path()));
+  auto n = start_spool_node(dir);
   auto accepted = [&] { return n->status().at("totals").at("accepted").to_number<std::int64_t>(); };
   relay::producer_options po;
   po.url = "ws://" + n->address("ingest");
@@ -45,12 +54,7 @@ TEST_CASE("push sends a partial batch at once and it is stored before any flush"
 
 TEST_CASE("send_parts stores the concatenation of its parts as one segment, checksum and all", "[relay][producer]") {
   test::temp_dir dir("producer");
-  auto n = test::start_node(relay::parse_config("[node]\nid = \"edge\"\ndata_dir = \"" + (dir / "data").string() +
-                                                    "\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
-                                                    "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n"
-                                                    "[[peer]]\nname = \"spool\"\nurl = \"file://" +
-                                                    (dir / "spool").string() + "\"\n",
-                                                "edge.toml", dir.path()));
+  auto n = start_spool_node(dir);
   relay::producer_options po;
   po.url = "ws://" + n->address("ingest");
   auto p = relay::ws_producer::connect(po);
