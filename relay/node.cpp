@@ -456,58 +456,28 @@ private:
     for (;;) {
       if (stopping()) return;
       if (!wait_budget(1)) return;
-      std::vector<std::uint64_t> keys;
-      std::vector<std::int64_t> created;
-      std::uint64_t held = 0; // bytes the budget does not allow yet
-      std::uint64_t wire = 0;
-      std::optional<boost::system::result<void, error>> appended;
       // The records go from the store's map straight into the spool, inside
       // the read (no copy of the batch first); acks and nacks come after it.
+      spooled o;
       auto b = n_.store->read_batch_visit(id_, max_batch_segments, config().batch_max_bytes,
-                                          [&](std::span<const queue::segment_out> segs) {
-                                            std::vector<spool_input> recs;
-                                            recs.reserve(segs.size());
-                                            keys.reserve(segs.size());
-                                            created.reserve(segs.size());
-                                            std::uint64_t bytes = 0;
-                                            bool all_known = !recent_.empty();
-                                            for (auto& s : segs) {
-                                              keys.push_back(s.key);
-                                              created.push_back(s.created_ms);
-                                              if (!recent_.empty() && recent_.count(std::string(s.id)))
-                                                continue; // spooled before a crash
-                                              all_known = false;
-                                              recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
-                                              bytes += s.payload.size() + s.id.size() + s.stream.size();
-                                            }
-                                            if (!recs.empty() && !shared_->limiter->check(bytes).allowed) {
-                                              held = bytes; // waited for after the read, then read again
-                                              return;
-                                            }
-                                            // What a crash left spooled and queued is the head of the queue;
-                                            // once a batch goes past it, nothing later can be in the spool.
-                                            if (!recent_.empty() && !all_known) recent_.clear();
-                                            if (recs.empty()) return;
-                                            auto before = writer_->bytes_written();
-                                            appended = writer_->append(recs);
-                                            wire = writer_->bytes_written() - before;
-                                          });
+                                          [&](std::span<const queue::segment_out> segs) { spool(segs, o); });
       if (!b || b->segments == 0) {
         if (!pause(50ms)) return;
         continue;
       }
-      if (held) {
+      auto& keys = o.keys;
+      if (o.held) {
         n_.store->release(id_, keys);
-        if (!wait_budget(held)) return;
+        if (!wait_budget(o.held)) return;
         continue;
       }
-      if (appended) {
-        count_wire(wire);
+      if (o.appended) {
+        count_wire(o.wire);
         {
           std::lock_guard lk(mu_);
           if (state_ == holding_quota || state_ == outside_window) state_ = connected;
         }
-        if (auto& r = *appended; !r) {
+        if (auto& r = *o.appended; !r) {
           {
             std::lock_guard lk(mu_);
             last_error_ = r.error().message;
@@ -527,7 +497,7 @@ private:
         std::lock_guard lk(mu_);
         ++acks_in_flight_;
       }
-      n_.store->ack(id_, std::move(keys), [this, created = std::move(created)](boost::system::error_code ec) {
+      n_.store->ack(id_, std::move(keys), [this, created = std::move(o.created)](boost::system::error_code ec) {
         if (!ec) {
           shared_->metrics.attempt(attempt_result::ok);
           const auto now = n_.now_ms();
@@ -543,6 +513,46 @@ private:
       });
     }
   }
+  // What spool() did with one batch it was shown.
+  struct spooled {
+    std::vector<std::uint64_t> keys;
+    std::vector<std::int64_t> created;
+    std::uint64_t held = 0; // bytes the budget did not allow yet: nothing was written
+    std::uint64_t wire = 0; // bytes written to the spool
+    std::optional<boost::system::result<void, error>> appended; // set when an append was tried
+  };
+  // Appends a batch to the spool while the store shows it (inside its read:
+  // no calls into the store here). Skips what a crash left spooled; holds
+  // the whole batch when the budget does not allow its bytes at once (the
+  // caller releases it, waits and reads it again).
+  void spool(std::span<const queue::segment_out> segs, spooled& o) {
+    std::vector<spool_input> recs;
+    recs.reserve(segs.size());
+    o.keys.reserve(segs.size());
+    o.created.reserve(segs.size());
+    std::uint64_t bytes = 0;
+    bool all_known = !recent_.empty();
+    for (auto& s : segs) {
+      o.keys.push_back(s.key);
+      o.created.push_back(s.created_ms);
+      if (!recent_.empty() && recent_.count(std::string(s.id))) continue; // spooled before a crash
+      all_known = false;
+      recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+      bytes += s.payload.size() + s.id.size() + s.stream.size();
+    }
+    if (!recs.empty() && !shared_->limiter->check(bytes).allowed) {
+      o.held = bytes;
+      return;
+    }
+    // What a crash left spooled and queued is the head of the queue; once a
+    // batch goes past it, nothing later can be in the spool.
+    if (!recent_.empty() && !all_known) recent_.clear();
+    if (recs.empty()) return;
+    auto before = writer_->bytes_written();
+    o.appended = writer_->append(recs);
+    o.wire = writer_->bytes_written() - before;
+  }
+
   void settle() override { wait_acks(0); }
   // Waits until at most n acknowledgements are in flight.
   void wait_acks(std::size_t n) {
