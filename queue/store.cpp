@@ -1864,8 +1864,6 @@ result<store::visit_result> store::read_batch_visit(peer_id peer, std::size_t ma
   // What the scan takes views into the map until the read txn ends.
   std::vector<segment_out> got;
   got.reserve(std::min<std::size_t>(max_segments, 4096));
-  std::vector<std::uint64_t> keys;
-  keys.reserve(got.capacity());
   std::optional<std::uint64_t> first_skip;
   std::optional<std::int64_t> next_ready;
   std::optional<std::uint64_t> resume; // where the next scan starts when nothing was skipped
@@ -1896,7 +1894,6 @@ result<store::visit_result> store::read_batch_visit(peer_id peer, std::size_t ma
     if (!rec) return errc::store_corrupt;
     got.push_back({key, rec->id, rec->stream, rec->created_ms, rec->checksum, rec->attempts, rec->payload});
     out.payload_bytes += rec->payload.size();
-    keys.push_back(key);
     if (got.size() >= max_segments || out.payload_bytes >= max_bytes) break;
   }
   if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return lmdb_ec(rc);
@@ -1906,6 +1903,10 @@ result<store::visit_result> store::read_batch_visit(peer_id peer, std::size_t ma
     p->cursor = std::max(p->cursor, *first_skip);
   else if (resume)
     p->cursor = std::max(p->cursor, *resume);
+  std::vector<std::uint64_t> keys;
+  keys.reserve(got.size());
+  for (auto& g : got)
+    keys.push_back(g.key);
   sorted_insert(p->leased, std::move(keys));
   lk.unlock();
   // Leased: no other read returns them, and the read txn's snapshot keeps
