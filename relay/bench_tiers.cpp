@@ -204,8 +204,8 @@ public:
   }
   // The payload of `len` bytes as two parts: the header (written into
   // `header`) and the filler, a view into the pool.
-  std::array<std::string_view, 2> make(std::array<unsigned char, header_bytes>& header, std::size_t len,
-                                       std::uint32_t producer, std::uint64_t seq) const {
+  std::array<std::string_view, 2> payload_parts(std::array<unsigned char, header_bytes>& header, std::size_t len,
+                                                std::uint32_t producer, std::uint64_t seq) const {
     auto* p = header.data();
     util::put_be32(p, payload_magic);
     util::put_be32(p + 4, producer);
@@ -456,7 +456,7 @@ void run_producer(const std::string& url, const filler_pool& pool, std::uint32_t
   auto start = steady::now();
   auto end = start + std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(seconds));
   auto send_one = [&]() -> bool {
-    auto parts = pool.make(header, bytes, index, seq_base + res.sent);
+    auto parts = pool.payload_parts(header, bytes, index, seq_base + res.sent);
     if (auto r = (*p)->send_parts("bench", parts); !r) {
       res.error = r.error().message;
       return false;
