@@ -420,7 +420,7 @@ TEST_CASE("a reload that moves quota_reset keeps used bytes until the next occur
   CHECK(lim->check(1).allowed);
 }
 
-TEST_CASE("a rate added by reload starts with a full bucket; an invalid policy is refused and the old one kept",
+TEST_CASE("a rate added by reload starts with a full bucket, an invalid policy is refused and the old one kept",
           "[bandwidth]") {
   util::manual_clock clk(at(0, 10, 0));
   auto lim = make(quota_policy(1'000'000), clk);

@@ -377,7 +377,7 @@ TEST_CASE("SIGHUP reloads a running node's config and logs what it applied", "[e
   CHECK(node.stop(SIGTERM) == 0);
 }
 
-TEST_CASE("a reloaded allow list applies to the next handshake; max_retry changes live", "[e2e][reload]") {
+TEST_CASE("a reloaded allow list applies to the next handshake, max_retry changes live", "[e2e][reload]") {
   relay_pair rp("", "allow = [\"CN:nobody\"]");
   auto ingest = "http://" + rp.edge->address("ingest");
   auto posted = relay::http_call("POST", ingest + "/v1/streams/s/segments", "held back");

@@ -175,7 +175,7 @@ TEST_CASE("an edge's canary rounds over a live hub are clean, verified at the hu
   f.hub->stop();
 }
 
-TEST_CASE("a silent hub makes a round late; when the canaries are dead-lettered the open round fails with loss",
+TEST_CASE("a silent hub makes a round late, when the canaries are dead-lettered the open round fails with loss",
           "[e2e][soak]") {
   soak_fixture f;
   // Accepts TCP connections and never answers: the edge's TLS handshake hangs.

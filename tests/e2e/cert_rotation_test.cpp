@@ -249,7 +249,7 @@ TEST_CASE("certificates rotated 10 times on both sides while streaming: detected
   CHECK(audit_lines(r.dir / "hub" / "audit.log", "\"entries\":20") == 1);
 }
 
-TEST_CASE("a CRL that revokes the edge closes its live session and refuses it; its data stays queued",
+TEST_CASE("a CRL that revokes the edge closes its live session and refuses it, its data stays queued",
           "[e2e][tls][rotation]") {
   rig r;
   REQUIRE(relay::http_call("POST", r.edge_ingest + "/v1/streams/s/segments", "before")->status == 201);

@@ -257,7 +257,7 @@ TEST_CASE("an edge refuses a hub whose certificate does not carry the peer's ser
   edge->stop();
 }
 
-TEST_CASE("an oversized relay message closes only its connection; an oversized segment is rejected alone",
+TEST_CASE("an oversized relay message closes only its connection, an oversized segment is rejected alone",
           "[e2e][security]") {
   hub_fixture f;
   auto ctx = client_ctx(pki().client.cert, pki().client.key);

@@ -881,7 +881,7 @@ TEST_CASE("streams are globs over stream characters and '*'", "[config]") {
   CHECK_FALSE(relay::stream_glob_match("exact", "exactly"));
 }
 
-TEST_CASE("wss and https peers require cert, key and ca; file peers take no TLS keys", "[config]") {
+TEST_CASE("wss and https peers require cert, key and ca, file peers take no TLS keys", "[config]") {
   pki_dir pki;
   const auto lines = errors_of(parse_in(pki.path(), R"(
 [node]

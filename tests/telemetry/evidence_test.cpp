@@ -321,7 +321,7 @@ TEST_CASE("gate_d checks each threshold at its boundary and never passes a manua
   CHECK(none.clean_delivery_rate() == 0.0);
 }
 
-TEST_CASE("the campaign window holds exactly 7 days; 7 days and 1 s is outside and not design-partner ready",
+TEST_CASE("the campaign window holds exactly 7 days, 7 days and 1 s is outside and not design-partner ready",
           "[evidence]") {
   util::manual_clock c(t0);
   auto rs = full_campaign(c);

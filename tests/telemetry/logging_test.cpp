@@ -76,7 +76,7 @@ TEST_CASE("a json log line escapes quotes, backslashes, newlines and control cha
         "bad utf-8: \xef\xbf\xbd\xef\xbf\xbd( and a lone continuation \xef\xbf\xbd end");
 }
 
-TEST_CASE("json string escaping writes control bytes as \\u escapes", "[telemetry]") {
+TEST_CASE("json string escaping writes control bytes as unicode escapes (u00XX)", "[telemetry]") {
   std::string out;
   append_json_string(out, std::string("a\x01z\x1f", 4));
   CHECK(out == R"("a\u0001z\u001f")");

@@ -363,7 +363,7 @@ TEST_CASE("ACK carries max_segments results") {
   CHECK(got.results.back().reason == longest_reason);
 }
 
-TEST_CASE("ERROR round-trips its code and message; unknown codes pass through") {
+TEST_CASE("ERROR round-trips its code and message, unknown codes pass through") {
   std::string wire;
   encode_error(wire_error::unavailable, "store full, retry later", wire);
   auto got = decoded_as<error_message>(wire);
