@@ -202,12 +202,25 @@ struct peer_rt {
   std::string name;
   MDB_dbi dbi = 0;
   std::mutex mu;
-  std::uint64_t cursor = 0;          // every key below is leased or gone
-  std::vector<std::uint64_t> leased; // sorted; also holds keys pinned for eviction
+  std::uint64_t cursor = 0;             // every key below is leased or gone
+  std::vector<std::uint64_t> leased;    // sorted; also holds keys pinned for eviction
+  std::atomic<std::uint64_t> direct{0}; // delivered through its direct sink since open (committed)
 };
 
 struct request {
-  enum class kind { enqueue, ack, nack, reject, dl_retry, dl_purge, maintenance, add_peer, quota_save, record_put } k;
+  enum class kind {
+    enqueue,
+    ack,
+    nack,
+    reject,
+    dl_retry,
+    dl_purge,
+    maintenance,
+    add_peer,
+    quota_save,
+    record_put,
+    direct_recover
+  } k;
   std::vector<segment_in> segs;
   enqueue_callback on_enqueue;
   peer_id peer = 0;
@@ -224,6 +237,7 @@ struct request {
   std::int64_t quota_period_ms = 0;                              // quota_save
   std::uint64_t quota_used = 0;                                  // quota_save
   std::string record_key, record_value;                          // record_put
+  std::vector<std::string> ids;                                  // direct_recover
   // outcome
   enqueue_result eres;
   sys_ec ec;
@@ -272,6 +286,8 @@ struct store::impl {
   std::uint64_t commits = 0;
   std::atomic<std::uint64_t> refused_early{0}; // segments refused before reaching the writer
   std::atomic<std::uint64_t> read_since_trim{0};
+  // When the writer last dropped the map's pages (writer thread).
+  std::chrono::steady_clock::time_point writer_trimmed{};
 
   // A read-only transaction (from the pool) and a cursor on `dbi` in it.
   int read_cursor(MDB_dbi dbi, txn& t, cursor& c) {
@@ -360,6 +376,29 @@ struct store::impl {
     k += key64(idt_seq);
     return k;
   }
+
+  // Direct delivery (store::set_direct_sink). The sinks by peer, guarded by
+  // direct_mu; the writer takes those that are ready at the start of each
+  // transaction into txn_direct, with what the transaction hands them.
+  std::mutex direct_mu;
+  std::map<peer_id, std::shared_ptr<direct_sink>> direct_sinks;
+  struct direct_batch {
+    peer_id peer = 0;
+    std::shared_ptr<direct_sink> sink;
+    std::vector<direct_segment> segs;
+  };
+  std::vector<direct_batch> txn_direct; // writer thread
+  bool direct_off = false;              // writer thread: this group is applied again after a sink failed
+  // Ids a sink made durable in a transaction that then failed to commit,
+  // with their peer (writer thread). When they come again (the group's next
+  // attempt, or the sender's resend) they are counted delivered without
+  // being delivered twice; the commit that counts them drops them here.
+  std::unordered_map<std::string, peer_id> delivered_uncommitted;
+  std::vector<std::string> txn_resolved; // this transaction's ids of delivered_uncommitted
+  // A sink's deliver() failed: try_group's result, which process() answers
+  // by applying the group again without direct delivery. Outside LMDB's
+  // error codes (-30799 .. -30780) and errno values.
+  static constexpr int direct_failed = -31000;
 
   // Working copies for the transaction in progress (writer thread only).
   std::vector<peer_counters> work;
@@ -467,6 +506,7 @@ struct store::impl {
     bool shed_enqueues = false;
     bool committed_ok = false;
     const std::size_t peers_before = peers.size();
+    direct_off = false;
     for (;;) {
       int rc = try_group(group, shed_enqueues);
       if (rc == MDB_SUCCESS) {
@@ -474,6 +514,10 @@ struct store::impl {
         break;
       }
       rollback_peers(peers_before);
+      if (rc == direct_failed && !direct_off) {
+        direct_off = true; // the sink said why (its own error); the segments are queued instead
+        continue;
+      }
       if (rc == MDB_MAP_FULL && !shed_enqueues) {
         if (grow_map()) continue;
         shed_enqueues = true; // at the ceiling: fail the enqueues, keep acks and the rest
@@ -589,6 +633,17 @@ struct store::impl {
       std::lock_guard lk(fate_mu);
       txn_watch = fate_w;
     }
+    txn_direct.clear();
+    txn_resolved.clear();
+    if (!direct_off) {
+      std::vector<std::pair<peer_id, std::shared_ptr<direct_sink>>> sinks;
+      {
+        std::lock_guard lk(direct_mu);
+        sinks.assign(direct_sinks.begin(), direct_sinks.end());
+      }
+      for (auto& [pid, sink] : sinks)
+        if (sink->ready()) txn_direct.push_back({pid, std::move(sink), {}});
+    }
     txn w;
     int rc = txn::begin(env, 0, w);
     if (rc) return rc;
@@ -625,16 +680,43 @@ struct store::impl {
     }
     // Nothing changed: no commit (and no fsync) for a group that only waits.
     if (all_parked) return MDB_SUCCESS;
+    // Direct deliveries, before the commit that counts them. Once a sink has
+    // made its segments durable, a failure of what follows must not make it
+    // deliver them again: they are remembered until a commit counts them.
+    std::size_t delivered_batches = 0;
+    auto keep_delivered = [&](int code) {
+      for (std::size_t i = 0; i < delivered_batches; ++i)
+        for (auto& d : txn_direct[i].segs)
+          delivered_uncommitted.emplace(std::string(d.id), txn_direct[i].peer);
+      return code;
+    };
+    for (auto& d : txn_direct) {
+      if (!d.segs.empty() && !d.sink->deliver(d.segs)) return keep_delivered(direct_failed);
+      ++delivered_batches;
+    }
     // Persist the counters of this transaction.
     for (std::size_t i = 0; i < work.size(); ++i) {
       if (i < committed.size() && std::memcmp(&work[i], &committed[i], sizeof(peer_counters)) == 0) continue;
       rc = w.put(counters_db, be32key(static_cast<std::uint32_t>(i + 1)), counters_codec::encode(work[i]));
-      if (rc) return rc;
+      if (rc) return keep_delivered(rc);
     }
     rc = w.put(meta, "globals", wglob.encode());
-    if (rc) return rc;
+    if (rc) return keep_delivered(rc);
     rc = w.commit();
-    if (rc) return rc;
+    if (rc) return keep_delivered(rc);
+    for (auto& d : txn_direct)
+      if (!d.segs.empty()) peers_unlocked(d.peer)->direct += d.segs.size();
+    for (auto& id : txn_resolved)
+      delivered_uncommitted.erase(id);
+    // Every transaction reads the pages it copies on write through the map,
+    // and they are new pages each time: without readers, whose reads drop
+    // the map's pages every trim_every_bytes (a hub that delivers directly
+    // reads almost nothing), those would add up in RSS. The writer is the
+    // only thread that moves the map, so it needs no map_mu for this.
+    if (auto now = std::chrono::steady_clock::now(); now - writer_trimmed >= std::chrono::seconds(1)) {
+      writer_trimmed = now;
+      trim_map();
+    }
     {
       std::lock_guard lk(stats_mu);
       committed = work;
@@ -661,6 +743,7 @@ struct store::impl {
     case request::kind::add_peer: return apply_add_peer(w, r);
     case request::kind::quota_save: return apply_quota_save(w, r);
     case request::kind::record_put: return w.put(records_db, r.record_key, r.record_value);
+    case request::kind::direct_recover: return apply_recover(w, r);
     }
     return MDB_SUCCESS;
   }
@@ -679,6 +762,7 @@ struct store::impl {
       break;
     case request::kind::dl_retry:
     case request::kind::dl_purge:
+    case request::kind::direct_recover:
       if (r.on_count) {
         if (r.ec)
           r.on_count(r.ec);
@@ -860,29 +944,27 @@ struct store::impl {
     detail::id_range_table ranges(w, id_ranges_db, now, opt.dedupe_window.count());
     auto& parsed = parsed_ids; // "<origin>:<seq>" of each id, for both passes
     parsed.assign(segs.size(), std::nullopt);
+    std::vector<std::size_t> direct_planned(txn_direct.size()); // by txn_direct entry
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
       if (!s.id.empty()) {
         bool seen = false;
         auto& os = parsed[i];
         os = detail::parse_origin_seq(s.id);
-        if (os) {
-          int rc = ranges.contains(*os, seen);
-          if (rc) return rc;
-        }
-        if (!seen && (!os || w_ids_db_used)) {
-          std::string_view at;
-          int rc = w.get(ids_db, s.id, at);
-          if (rc && rc != MDB_NOTFOUND) return rc;
-          seen = rc == MDB_SUCCESS && at.size() == 8 &&
-                 static_cast<std::int64_t>(key64(at)) + opt.dedupe_window.count() >= now;
-        }
+        if (int rc = received(w, ranges, s.id, os, now, seen)) return rc;
         if (seen) {
           r.eres.status[i] = item_status::duplicate;
           continue;
         }
       } else {
         ++fresh_without_id;
+      }
+      // What direct delivery will take needs no room in the queue (the
+      // second pass decides the same way, in the same order).
+      if (!txn_direct.empty() && s.peers.size() == 1 && !s.id.empty() && work[s.peers[0] - 1].queued == 0) {
+        auto d = std::find_if(txn_direct.begin(), txn_direct.end(), [&](auto& x) { return x.peer == s.peers[0]; });
+        if (d != txn_direct.end() && d->segs.size() + direct_planned[d - txn_direct.begin()]++ < direct_max_segments)
+          continue;
       }
       std::size_t idlen =
           s.id.empty() ? opt.node_id.size() + 1 + decimal_digits(wglob.oseq + fresh_without_id - 1) : s.id.size();
@@ -978,16 +1060,16 @@ struct store::impl {
         ranged.push_back(*os);
       } else {
         rec.id = s.id;
-        std::int64_t ts = 0;
-        std::string tk = next_idt_key(now, ts);
-        rc = w.put(ids_db, s.id, key64(static_cast<std::uint64_t>(ts)));
-        if (rc) return rc;
-        rc = w.put(ids_t_db, tk, s.id, MDB_APPEND);
-        if (rc) return rc;
-        w_ids_db_used = true;
+        if (rc = record_id_row(w, s.id, now); rc) return rc;
       }
       std::size_t sz = detail::record_size(rec);
       for (peer_id pid : s.peers) {
+        if (s.peers.size() == 1 && !s.id.empty() && take_direct(pid, rec)) {
+          auto& c = work[pid - 1];
+          ++c.routed;
+          ++c.delivered;
+          continue;
+        }
         peer_rt* p = peers_unlocked(pid);
         char* where = nullptr;
         rc = w.reserve(p->dbi, key64(wglob.gseq++), sz, where, MDB_APPEND);
@@ -1000,6 +1082,115 @@ struct store::impl {
       }
       ++wglob.accepted;
     }
+    return record_ranges(ranges, ranged);
+  }
+
+  // seen: `id` (parsed into `os` when it is "<origin>:<seq>") was received
+  // within the dedupe window.
+  int received(txn& w, detail::id_range_table& ranges, std::string_view id, const std::optional<detail::origin_seq>& os,
+               std::int64_t now, bool& seen) {
+    seen = false;
+    if (os) {
+      int rc = ranges.contains(*os, seen);
+      if (rc) return rc;
+    }
+    if (!seen && (!os || w_ids_db_used)) {
+      std::string_view at;
+      int rc = w.get(ids_db, id, at);
+      if (rc && rc != MDB_NOTFOUND) return rc;
+      seen = rc == MDB_SUCCESS && at.size() == 8 &&
+             static_cast<std::int64_t>(key64(at)) + opt.dedupe_window.count() >= now;
+    }
+    return MDB_SUCCESS;
+  }
+
+  // Records an id that is not "<origin>:<seq>" as received now: a row, and
+  // its entry in the time index that expiry walks.
+  int record_id_row(txn& w, std::string_view id, std::int64_t now) {
+    std::int64_t ts = 0;
+    std::string tk = next_idt_key(now, ts);
+    int rc = w.put(ids_db, id, key64(static_cast<std::uint64_t>(ts)));
+    if (rc) return rc;
+    rc = w.put(ids_t_db, tk, id, MDB_APPEND);
+    if (rc) return rc;
+    w_ids_db_used = true;
+    return MDB_SUCCESS;
+  }
+
+  // Whether the accepted segment `rec`, routed to `pid` alone, is delivered
+  // directly (store::set_direct_sink) rather than queued: it was delivered
+  // by an attempt that did not commit, or the peer's sink is ready in this
+  // transaction, its queue is empty and the transaction's share is not full.
+  bool take_direct(peer_id pid, const detail::record_view& rec) {
+    bool take = false;
+    if (!delivered_uncommitted.empty()) {
+      auto it = delivered_uncommitted.find(std::string(rec.id));
+      if (it != delivered_uncommitted.end() && it->second == pid) {
+        txn_resolved.push_back(it->first);
+        take = true;
+      }
+    }
+    if (!take && !txn_direct.empty() && work[pid - 1].queued == 0) {
+      for (auto& d : txn_direct) {
+        if (d.peer != pid) continue;
+        if (d.segs.size() >= direct_max_segments) return false;
+        d.segs.push_back({rec.id, rec.stream, rec.created_ms, rec.checksum, rec.payload});
+        take = true;
+        break;
+      }
+    }
+    if (take && txn_watch && rec.stream == txn_watch->stream)
+      fates.push_back(
+          {pid, peers_unlocked(pid)->name, segment_fate::delivered, std::string(rec.id), std::string(rec.payload), {}});
+    return take;
+  }
+
+  // store::recover_direct: the ids among r.ids that are neither received
+  // nor in the peer's queue are counted delivered and recorded as received.
+  int apply_recover(txn& w, request& r) {
+    peer_rt* p = peer(r.peer);
+    if (!p) {
+      r.ec = errc::unknown_peer;
+      return MDB_SUCCESS;
+    }
+    // What a crash left spooled and still queued is the head of the queue
+    // (the sink's oldest leases), so the head is enough to look at.
+    std::unordered_set<std::string> queued;
+    {
+      cursor c;
+      int rc = cursor::open(w, p->dbi, c);
+      if (rc) return rc;
+      std::string_view k, v;
+      const std::size_t scan = 2 * r.ids.size() + direct_max_segments;
+      for (rc = c.get(k, v, MDB_FIRST); rc == MDB_SUCCESS && queued.size() < scan; rc = c.get(k, v, MDB_NEXT))
+        if (auto rec = detail::decode_record(v)) queued.emplace(rec->id);
+      if (rc && rc != MDB_NOTFOUND) return rc;
+    }
+    const std::int64_t now = now_ms();
+    detail::id_range_table ranges(w, id_ranges_db, now, opt.dedupe_window.count());
+    std::vector<detail::origin_seq> ranged;
+    std::unordered_set<std::string_view> counted;
+    const std::string own = opt.node_id + ":"; // ids assigned here: never delivered directly, never in the table
+    for (auto& id : r.ids) {
+      if (id.empty() || id.starts_with(own) || queued.count(id) || !counted.insert(id).second) continue;
+      auto os = detail::parse_origin_seq(id);
+      bool seen = false;
+      if (int rc = received(w, ranges, id, os, now, seen)) return rc;
+      if (seen) {
+        counted.erase(id);
+        continue;
+      }
+      if (os) {
+        ranged.push_back(*os);
+      } else if (int rc = record_id_row(w, id, now)) {
+        return rc;
+      }
+    }
+    auto& c = work[r.peer - 1];
+    c.routed += counted.size();
+    c.delivered += counted.size();
+    wglob.accepted += counted.size();
+    r.count = counted.size();
     return record_ranges(ranges, ranged);
   }
 
@@ -1922,6 +2113,31 @@ result<store::visit_result> store::read_batch_visit(peer_id peer, std::size_t ma
   return out;
 }
 
+void store::set_direct_sink(peer_id peer, std::shared_ptr<direct_sink> sink) {
+  std::lock_guard lk(impl_->direct_mu);
+  if (sink)
+    impl_->direct_sinks[peer] = std::move(sink);
+  else
+    impl_->direct_sinks.erase(peer);
+}
+
+void store::recover_direct(peer_id peer, std::vector<std::string> ids,
+                           std::function<void(result<std::uint64_t>)> done) {
+  auto r = std::make_unique<request>();
+  r->k = request::kind::direct_recover;
+  r->peer = peer;
+  r->ids = std::move(ids);
+  r->on_count = std::move(done);
+  impl_->submit(std::move(r));
+}
+
+result<std::uint64_t> store::recover_direct_wait(peer_id peer, std::vector<std::string> ids) {
+  std::promise<result<std::uint64_t>> pr;
+  auto f = pr.get_future();
+  recover_direct(peer, std::move(ids), [&](result<std::uint64_t> v) { pr.set_value(v); });
+  return f.get();
+}
+
 void store::release(peer_id peer, std::span<const std::uint64_t> keys) {
   peer_rt* p = impl_->peer(peer);
   if (!p || keys.empty()) return;
@@ -2053,6 +2269,7 @@ store_stats store::stats() const {
       std::lock_guard pl(impl_->peers[i]->mu);
       ps.inflight = impl_->peers[i]->leased.size();
     }
+    ps.direct_delivered = impl_->peers[i]->direct.load();
     s.queued_bytes += pc[i].queued_bytes;
     s.peers.push_back(std::move(ps));
   }

@@ -144,7 +144,30 @@ struct peer_stats {
   peer_id id = 0;
   std::string name;
   peer_counters counters;
-  std::uint64_t inflight = 0; // leased now
+  std::uint64_t inflight = 0;         // leased now
+  std::uint64_t direct_delivered = 0; // delivered through the peer's direct sink since open (in counters.delivered too)
+};
+
+// A segment handed to a direct sink. The views are valid during deliver() only.
+struct direct_segment {
+  std::string_view id, stream;
+  std::int64_t created_ms = 0;
+  std::uint64_t checksum = 0;
+  std::string_view payload;
+};
+
+// A peer's terminal destination that the store's writer delivers to itself,
+// inside the transaction that accepts the segments, instead of queueing them
+// (set_direct_sink; docs/store.md, "Direct delivery"). Both functions run on
+// the writer thread: they must not call into the store.
+class direct_sink {
+public:
+  virtual ~direct_sink() = default;
+  // Asked once per transaction: may this one deliver here?
+  virtual bool ready() = 0;
+  // Makes `segs` durable, in order, before returning success. On failure
+  // none of them may remain where a reader would find them.
+  virtual boost::system::result<void, error> deliver(std::span<const direct_segment> segs) = 0;
 };
 
 struct store_stats {
@@ -305,6 +328,27 @@ public:
   };
   result<visit_result> read_batch_visit(peer_id peer, std::size_t max_segments, std::uint64_t max_bytes,
                                         const std::function<void(std::span<const segment_out>)>& visit);
+  // Direct delivery (docs/store.md). From the next transaction on, while
+  // `sink->ready()`, a segment that carries an id, is routed to `peer` alone
+  // and finds the peer's queue empty is handed to `sink->deliver()` before
+  // the commit instead of being queued: routed and delivered count it in the
+  // same transaction, its id enters the dedupe table as usual, and the
+  // enqueue completes only after both the sink and the commit made it
+  // durable. At most direct_max_segments per transaction; the rest, and
+  // everything once the queue holds something, is queued as before, so the
+  // peer's order is kept. When deliver() fails the group is applied again
+  // with every segment queued. A null sink turns it off. Any thread.
+  static constexpr std::size_t direct_max_segments = 65536;
+  void set_direct_sink(peer_id peer, std::shared_ptr<direct_sink> sink);
+  // After a crash: of `ids` (the last records the peer's sink holds), counts
+  // as routed and delivered, and records as received, those that are neither
+  // received (the dedupe table) nor in the peer's queue nor assigned by this
+  // node — a direct delivery whose transaction never committed. Completes
+  // with how many it counted. A record the queue delivered more than
+  // dedupe_window after it arrived is counted again (docs/store.md).
+  void recover_direct(peer_id peer, std::vector<std::string> ids, std::function<void(result<std::uint64_t>)> done);
+  result<std::uint64_t> recover_direct_wait(peer_id peer, std::vector<std::string> ids);
+
   // Drops the lease without counting an attempt (connection lost before any answer).
   void release(peer_id peer, std::span<const std::uint64_t> keys);
 

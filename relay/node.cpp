@@ -406,6 +406,67 @@ private:
   std::thread thread_;
 };
 
+// The spool a file:// sink writes, shared by its thread (the queue path)
+// and the store's writer (the direct path). One append at a time.
+struct spool_slot {
+  std::mutex mu;
+  std::unique_ptr<spool_writer> w;
+};
+
+// The file sink's direct path (queue::store::set_direct_sink; docs/spool.md,
+// "Direct delivery"). While the peer's queue is empty, the store's writer
+// appends the segments routed to this peer alone to the spool itself, inside
+// the transaction that accepts them, so a hub writes each segment once (the
+// spool) instead of three times (the queue, the spool, the queue's delete).
+// Off while the peer has a rate, a quota or send windows, and after a failed
+// append until the sink's own path has appended again.
+class spool_direct final : public queue::direct_sink {
+public:
+  spool_direct(std::shared_ptr<spool_slot> spool, std::shared_ptr<peer_shared> shared, util::clock& clk,
+               std::string name)
+      : spool_(std::move(spool)), shared_(std::move(shared)), clk_(clk), name_(std::move(name)) {}
+
+  bool ready() override {
+    if (!enabled.load(std::memory_order_acquire)) return false;
+    auto p = shared_->limiter->current_policy();
+    return p.get_mode() == bandwidth::mode::unlimited && p.send_windows.empty();
+  }
+  boost::system::result<void, error> deliver(std::span<const queue::direct_segment> segs) override {
+    std::vector<spool_input> recs;
+    recs.reserve(segs.size());
+    for (auto& s : segs)
+      recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+    std::uint64_t wire = 0;
+    {
+      std::lock_guard lk(spool_->mu);
+      auto before = spool_->w->bytes_written();
+      if (auto r = spool_->w->append(recs); !r) {
+        enabled = false;
+        spdlog::warn("peer {}: direct spool append failed, the segments are queued instead: {}", name_,
+                     r.error().message);
+        return r.error();
+      }
+      wire = spool_->w->bytes_written() - before;
+    }
+    shared_->limiter->consume(wire);
+    shared_->wire_bytes += wire;
+    shared_->uncompressed_bytes += wire;
+    shared_->metrics.attempt(attempt_result::ok);
+    const auto now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clk_.system_now().time_since_epoch()).count();
+    for (auto& s : segs)
+      shared_->metrics.delivered(s.created_ms, now);
+    return {};
+  }
+  std::atomic<bool> enabled{true};
+
+private:
+  std::shared_ptr<spool_slot> spool_;
+  std::shared_ptr<peer_shared> shared_;
+  util::clock& clk_;
+  const std::string name_;
+};
+
 // Delivers a peer's queue into a durable spool directory. Runs on its own
 // thread because every append is fsynced before the segments are acked.
 //
@@ -415,17 +476,27 @@ private:
 // there leaves them queued; on restart the writer reads the ids at the end
 // of the spool and the first batches skip what is already written, so a
 // crash of the sink delivers nothing twice.
+//
+// Segments routed to this peer alone skip the queue while it is empty
+// (spool_direct). A crash between such an append and the commit that counts
+// it leaves them spooled and uncounted: on restart the ids at the spool's
+// end that the store neither received nor queued are counted delivered
+// (store::recover_direct) before the direct path is turned on again.
 class file_forwarder final : public threaded_forwarder {
 public:
   static constexpr std::size_t max_batch_segments = 4096;
   static constexpr std::size_t max_acks_in_flight = 1;
+  // The ids read back from the spool's end at start: the queue path's
+  // unacknowledged batches and one transaction's direct deliveries.
+  static constexpr std::size_t recent_ids =
+      (max_acks_in_flight + 1) * max_batch_segments + queue::store::direct_max_segments;
 
   file_forwarder(node::impl& n, const peer_section& p, queue::peer_id id, std::shared_ptr<peer_shared> shared)
       : threaded_forwarder(n, p, id, std::move(shared)) {}
   ~file_forwarder() override { stop(); }
 
   void start() override {
-    auto w = spool_writer::open(cfg_.spool_dir, 64ull << 20, (max_acks_in_flight + 1) * max_batch_segments);
+    auto w = spool_writer::open(cfg_.spool_dir, 64ull << 20, recent_ids);
     if (!w) {
       std::lock_guard lk(mu_);
       last_error_ = w.error().message;
@@ -433,20 +504,50 @@ public:
       spdlog::error("peer {}: {}", name_, last_error_);
       return;
     }
-    writer_ = std::move(*w);
-    recent_.insert(writer_->recent_ids().begin(), writer_->recent_ids().end());
+    spool_->w = std::move(*w);
+    auto& tail = spool_->w->recent_ids();
+    recent_.insert(tail.begin(), tail.end());
     state_ = connected;
+    direct_ = std::make_shared<spool_direct>(spool_, shared_, *n_.clk, name_);
+    // The direct path goes on once the crash's leftovers are counted.
+    n_.store->recover_direct(
+        id_, tail, [reg = reg_, st = n_.store.get(), id = id_, d = direct_, name = name_](result<std::uint64_t> r) {
+          if (!r) {
+            spdlog::error("peer {}: direct delivery stays off: counting what the spool holds failed: {}", name,
+                          r.error().message());
+            return;
+          }
+          if (*r)
+            spdlog::warn("peer {}: {} segment(s) at the spool's end were delivered directly before a crash kept their "
+                         "commit; counted delivered",
+                         name, *r);
+          std::lock_guard lk(reg->mu);
+          if (!reg->stopped) st->set_direct_sink(id, d);
+        });
     launch([this] {
       run();
       settle();
     });
   }
+  void stop() override {
+    {
+      std::lock_guard lk(reg_->mu);
+      reg_->stopped = true;
+      n_.store->set_direct_sink(id_, nullptr);
+    }
+    threaded_forwarder::stop();
+  }
   json::object status() const override {
+    std::uint64_t bytes = 0;
+    {
+      std::lock_guard lk(spool_->mu);
+      if (spool_->w) bytes = spool_->w->bytes_written();
+    }
     std::lock_guard lk(mu_);
     json::object o;
     o["state"] = state_name(state_);
     o["last_error"] = last_error_;
-    o["last_conn_bytes"] = writer_ ? writer_->bytes_written() : 0;
+    o["last_conn_bytes"] = bytes;
     o["last_conn_ms"] = 0;
     return o;
   }
@@ -472,6 +573,7 @@ private:
         continue;
       }
       if (o.appended) {
+        if (*o.appended && direct_) direct_->enabled = true; // the spool takes appends again
         count_wire(o.wire);
         {
           std::lock_guard lk(mu_);
@@ -548,9 +650,10 @@ private:
     // batch goes past it, nothing later can be in the spool.
     if (!recent_.empty() && !all_known) recent_.clear();
     if (recs.empty()) return;
-    auto before = writer_->bytes_written();
-    o.appended = writer_->append(recs);
-    o.wire = writer_->bytes_written() - before;
+    std::lock_guard lk(spool_->mu);
+    auto before = spool_->w->bytes_written();
+    o.appended = spool_->w->append(recs);
+    o.wire = spool_->w->bytes_written() - before;
   }
 
   void settle() override { wait_acks(0); }
@@ -560,7 +663,14 @@ private:
     cv_.wait(lk, [&] { return acks_in_flight_ <= n; });
   }
 
-  std::unique_ptr<spool_writer> writer_;
+  // Whether the direct path may be registered: not once stop() began.
+  struct registration {
+    std::mutex mu;
+    bool stopped = false;
+  };
+  std::shared_ptr<spool_slot> spool_ = std::make_shared<spool_slot>();
+  std::shared_ptr<spool_direct> direct_;
+  std::shared_ptr<registration> reg_ = std::make_shared<registration>();
   std::unordered_set<std::string> recent_; // ids at the spool's end when it was opened
   std::size_t acks_in_flight_ = 0;
   std::string last_error_;
@@ -1635,6 +1745,7 @@ json::object node::impl::status() const {
     p["evicted"] = c.evicted;
     p["purged"] = c.purged;
     p["attempts"] = c.attempts;
+    p["direct_delivered"] = sp->direct_delivered;
     p["bytes_sent"] = pr->shared->wire_bytes.load();
     p["compression"] = json::object{{"algorithm", to_string(pr->cfg.compression)},
                                     {"bytes_before", pr->shared->uncompressed_bytes.load()},

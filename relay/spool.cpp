@@ -264,7 +264,7 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
     auto n = ::writev(fd_, iov.data() + i, static_cast<int>(std::min<std::size_t>(iov.size() - i, IOV_MAX)));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return io_error("spool write in " + dir_.string(), errno);
+      return cut_back(io_error("spool write in " + dir_.string(), errno));
     }
     auto done = static_cast<std::size_t>(n);
     while (i < iov.size() && done >= iov[i].iov_len)
@@ -274,12 +274,22 @@ boost::system::result<void, error> spool_writer::append(const std::vector<spool_
       iov[i].iov_len -= done;
     }
   }
-  if (::fdatasync(fd_) != 0) return io_error("spool fsync in " + dir_.string(), errno);
+  if (::fdatasync(fd_) != 0) return cut_back(io_error("spool fsync in " + dir_.string(), errno));
   file_bytes_ += total;
   written_ += total;
   if (file_bytes_ >= cached_from_ + cache_keep_bytes + cache_drop_step) drop_cached(file_bytes_ - cache_keep_bytes);
   if (buf.capacity() > (8u << 20)) std::string().swap(buf); // an odd huge batch does not stay resident
   return {};
+}
+
+// A failed append leaves nothing of itself: the file is cut back to the end
+// of the last good append, so a later append of the same records (the queue
+// retries them) cannot put them in the spool twice, and no torn record sits
+// between good ones.
+error spool_writer::cut_back(error e) {
+  if (::ftruncate(fd_, static_cast<off_t>(file_bytes_)) != 0 || ::fdatasync(fd_) != 0)
+    e.message += "; cutting the file back to its last good record also failed: " + std::string(std::strerror(errno));
+  return e;
 }
 
 boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::path& dir,

@@ -49,7 +49,8 @@ public:
   // first: what a crash between an append's fsync and its acknowledgement may
   // have left both in the spool and still queued. The sink skips those.
   const std::vector<std::string>& recent_ids() const noexcept { return recent_; }
-  // Appends every record and fsyncs; true only when all are durable.
+  // Appends every record and fsyncs; true only when all are durable. On
+  // failure the file is cut back to where it was, so none of them is left.
   boost::system::result<void, error> append(const std::vector<spool_input>& records);
   std::uint64_t bytes_written() const noexcept { return written_; }
 
@@ -68,6 +69,7 @@ public:
 private:
   spool_writer() = default;
   boost::system::result<void, error> roll();
+  error cut_back(error e);
   std::filesystem::path dir_;
   std::vector<std::string> recent_;
   void drop_cached(std::uint64_t upto);
