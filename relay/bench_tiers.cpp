@@ -527,6 +527,9 @@ struct tier_result {
   bool monotonic_drain = false;
   double drain_s = 0, load_s = 0;
   std::uint64_t max_queue = 0;
+  // Of what the hub's file sink delivered in each phase, the share its direct
+  // path took (docs/spool.md, "Direct delivery"); the rest went through its queue.
+  double direct_share_full = 0, direct_share_half = 0;
   std::string error;
   bool ok() const {
     return error.empty() && loss == 0 && duplicates == 0 && checksum_errors == 0 && node_loss == 0 && monotonic_drain &&
@@ -582,6 +585,9 @@ public:
                  span, res_.segments_per_s, res_.mb_per_s, res_.drain_s,
                  static_cast<unsigned long long>(res_.max_queue), res_.monotonic_drain ? "yes" : "NO");
 
+    auto [direct0, delivered0] = hub_direct();
+    res_.direct_share_full = delivered0 ? static_cast<double>(direct0) / static_cast<double>(delivered0) : 0;
+
     // Phase 2: half the measured rate, paced.
     res_.half_rate = res_.segments_per_s / 2;
     std::uint64_t before = tail.distinct();
@@ -593,6 +599,9 @@ public:
       acked_half += r.ok;
     drain(tail, acked_full + acked_half, false);
     res_.half_achieved = static_cast<double>(tail.distinct() - before) / std::max(half_elapsed, 1e-9);
+    auto [direct1, delivered1] = hub_direct();
+    if (delivered1 > delivered0)
+      res_.direct_share_half = static_cast<double>(direct1 - direct0) / static_cast<double>(delivered1 - delivered0);
 
     // Final accounting, from both nodes and the sink.
     for (const char* which : {"edge", "hub"}) {
@@ -618,8 +627,9 @@ public:
     res_.half = percentiles(std::move(lh));
     std::fprintf(stderr,
                  "bench tiers: %s half load: %.0f segments/s asked, %.0f delivered; latency p50 %.2f ms, p99 %.2f ms, "
-                 "max %.2f ms; %s\n",
+                 "max %.2f ms; hub direct %.0f %% (full load %.0f %%); %s\n",
                  t_.name, res_.half_rate, res_.half_achieved, res_.half.p50_ms, res_.half.p99_ms, res_.half.max_ms,
+                 100 * res_.direct_share_half, 100 * res_.direct_share_full,
                  res_.ok() ? "checks hold" : "CHECKS FAILED");
     stop_nodes();
     return res_;
@@ -721,6 +731,13 @@ private:
   const bench_tiers_options& o_;
   const filler_pool& pool_;
   std::unique_ptr<node_process> hub_, edge_;
+  // The hub's spool peer: (delivered by its direct path, delivered), so far.
+  std::pair<std::uint64_t, std::uint64_t> hub_direct() {
+    auto s = node_status(hub_admin_);
+    auto& p = s.at("peers").as_array().at(0);
+    return {static_cast<std::uint64_t>(num(p.at("direct_delivered"))),
+            static_cast<std::uint64_t>(num(p.at("delivered")))};
+  }
   std::string hub_admin_, edge_admin_, ingest_;
   tier_result res_;
 };
@@ -784,6 +801,7 @@ json::object to_json(const tier_result& r) {
                       {"load_s", r.load_s},
                       {"drain_s", r.drain_s},
                       {"max_queue_segments", r.max_queue},
+                      {"hub_direct_share", json::object{{"full", r.direct_share_full}, {"half", r.direct_share_half}}},
                       {"loss", r.loss},
                       {"node_loss", r.node_loss},
                       {"duplicates", r.duplicates},
