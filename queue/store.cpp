@@ -283,7 +283,7 @@ struct store::impl {
   mutable std::mutex stats_mu;          // guards committed, cglob, commits
   std::vector<peer_counters> committed; // index = id - 1
   globals cglob;
-  std::uint64_t commits = 0;
+  std::uint64_t commits = 0, commits_direct_only = 0;
   std::atomic<std::uint64_t> refused_early{0}; // segments refused before reaching the writer
   std::atomic<std::uint64_t> read_since_trim{0};
   // When the writer last dropped the map's pages (writer thread).
@@ -389,6 +389,11 @@ struct store::impl {
   };
   std::vector<direct_batch> txn_direct; // writer thread
   bool direct_off = false;              // writer thread: this group is applied again after a sink failed
+  // Writer thread: the transaction in progress changed something that only
+  // LMDB holds (anything but enqueues whose segments were all delivered
+  // directly or duplicates), so its commit must flush the metadata too.
+  bool txn_needs_meta_sync = true;
+  bool meta_sync_relaxed = false; // MDB_NOMETASYNC is set on the environment now
   // Ids a sink made durable in a transaction that then failed to commit,
   // with their peer (writer thread). When they come again (the group's next
   // attempt, or the sender's resend) they are counted delivered without
@@ -407,6 +412,7 @@ struct store::impl {
 
   ~impl() {
     readers.clear();
+    if (env && meta_sync_relaxed) mdb_env_sync(env, 1); // the last commit's metadata, before leaving
     if (env) mdb_env_close(env);
     if (lock_fd >= 0) ::close(lock_fd);
   }
@@ -635,6 +641,7 @@ struct store::impl {
     }
     txn_direct.clear();
     txn_resolved.clear();
+    txn_needs_meta_sync = false;
     if (!direct_off) {
       std::vector<std::pair<peer_id, std::shared_ptr<direct_sink>>> sinks;
       {
@@ -671,6 +678,7 @@ struct store::impl {
         r->parked = true;
         continue;
       }
+      if (r->k != request::kind::enqueue) txn_needs_meta_sync = true;
       rc = apply(w, *r);
       if (rc) return rc;
       if (r->parked)
@@ -702,6 +710,18 @@ struct store::impl {
     }
     rc = w.put(meta, "globals", wglob.encode());
     if (rc) return keep_delivered(rc);
+    // A transaction that only delivered directly skips the metadata flush
+    // (MDB_NOMETASYNC for this commit): its data pages are flushed, and the
+    // next commit's flush, or a power cut, decides whether it survives. If
+    // it does not, nothing is lost: what it delivered is in the sink, durable
+    // before this commit, and recover_direct counts it again from there when
+    // the sink starts. LMDB keeps the previous state intact meanwhile.
+    const bool relax = opt.sync == sync_mode::full && !txn_needs_meta_sync && txn_resolved.empty();
+    if (relax != meta_sync_relaxed) {
+      rc = mdb_env_set_flags(env, MDB_NOMETASYNC, relax ? 1 : 0);
+      if (rc) return keep_delivered(rc);
+      meta_sync_relaxed = relax;
+    }
     rc = w.commit();
     if (rc) return keep_delivered(rc);
     for (auto& d : txn_direct)
@@ -722,6 +742,7 @@ struct store::impl {
       committed = work;
       cglob = wglob;
       ++commits;
+      if (meta_sync_relaxed) ++commits_direct_only;
     }
     ids_db_used = w_ids_db_used;
     if (observer) observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), group.size());
@@ -970,6 +991,7 @@ struct store::impl {
           s.id.empty() ? opt.node_id.size() + 1 + decimal_digits(wglob.oseq + fresh_without_id - 1) : s.id.size();
       need += detail::record_size(idlen, s.stream.size(), 0, s.payload.size()) * s.peers.size();
     }
+    if (need) txn_needs_meta_sync = true; // something is queued, or evicted to make room
     bool ok = false;
     int rc = make_room(w, need, ok);
     if (rc) return rc;
@@ -1072,6 +1094,7 @@ struct store::impl {
         }
         peer_rt* p = peers_unlocked(pid);
         char* where = nullptr;
+        txn_needs_meta_sync = true; // queued: nothing else holds it
         rc = w.reserve(p->dbi, key64(wglob.gseq++), sz, where, MDB_APPEND);
         if (rc) return rc;
         detail::encode_record(rec, where);
@@ -2258,6 +2281,7 @@ store_stats store::stats() const {
     s.deadletter_segments = impl_->cglob.deadletter_segments;
     s.deadletter_bytes = impl_->cglob.deadletter_bytes;
     s.commits = impl_->commits;
+    s.commits_direct_only = impl_->commits_direct_only;
   }
   std::shared_lock lk(impl_->peers_mu);
   for (std::size_t i = 0; i < impl_->peers.size() && i < pc.size(); ++i) {

@@ -176,7 +176,10 @@ struct store_stats {
   std::uint64_t duplicates = 0; // segments dropped as already seen
   std::uint64_t rejected = 0;   // segments refused (capacity, size, timeout)
   std::uint64_t queued_bytes = 0, capacity_bytes = 0, deadletter_segments = 0, deadletter_bytes = 0;
-  std::uint64_t commits = 0;   // transactions committed since open
+  std::uint64_t commits = 0; // transactions committed since open
+  // Of those, committed without the metadata flush: they only delivered
+  // directly (docs/store.md, "Direct delivery").
+  std::uint64_t commits_direct_only = 0;
   std::uint64_t map_bytes = 0; // current LMDB map size
 };
 

@@ -312,3 +312,33 @@ TEST_CASE("recover_direct counts what a crash left delivered and uncommitted, an
   CHECK(*n == 0);
   CHECK_FALSE(f.s->recover_direct_wait(99, tail));
 }
+
+TEST_CASE("a transaction that only delivered directly commits without the metadata flush, others with it",
+          "[queue][direct]") {
+  direct_fixture f;
+  f.s->set_direct_sink(f.a, f.sink);
+  auto relaxed = [&] { return f.s->stats().commits_direct_only; };
+  f.put("edge", 1, 10, {f.a}); // direct only
+  CHECK(relaxed() == 1);
+  f.put("edge", 1, 10, {f.a}); // duplicates only: nothing that only LMDB holds
+  CHECK(relaxed() == 2);
+  f.put("edge", 11, 5, {f.b}); // queued for b: flushed
+  CHECK(relaxed() == 2);
+  const queue::peer_id pa[] = {f.a};
+  REQUIRE_FALSE(f.s->enqueue_wait({{"data", "no id", pa}}).ec); // assigned here, queued: flushed
+  CHECK(relaxed() == 2);
+  CHECK(f.drain(f.a).size() == 1); // the ack: flushed
+  CHECK(relaxed() == 2);
+  REQUIRE(f.s->recover_direct_wait(f.a, {"edge:99"})); // not an enqueue: flushed
+  CHECK(relaxed() == 2);
+  f.put("edge", 100, 3, {f.a}); // the queue drained: direct only again
+  CHECK(relaxed() == 3);
+  // sync = none never flushes anything, so nothing is counted as relaxed.
+  f.s.reset();
+  f.opt.sync = queue::sync_mode::none;
+  f.s = std::move(queue::store::open(f.opt).value());
+  f.s->set_direct_sink(f.a, f.sink);
+  f.put("edge", 200, 3, {f.a});
+  CHECK(f.s->stats().commits_direct_only == 0);
+  CHECK(f.sink->ids().size() == 16); // 1..10, 100..102, 200..202
+}
