@@ -733,8 +733,8 @@ struct store::impl {
     // the map's pages every trim_every_bytes (a hub that delivers directly
     // reads almost nothing), those would add up in RSS. The writer is the
     // only thread that moves the map, so it needs no map_mu for this.
-    if (auto now = std::chrono::steady_clock::now(); now - writer_trimmed >= std::chrono::seconds(1)) {
-      writer_trimmed = now;
+    if (auto at = std::chrono::steady_clock::now(); at - writer_trimmed >= std::chrono::seconds(1)) {
+      writer_trimmed = at;
       trim_map();
     }
     {
