@@ -267,6 +267,12 @@ struct store::impl {
   // looked up there. As committed, and in the transaction in progress.
   bool ids_db_used = false, w_ids_db_used = false;
   std::vector<std::optional<detail::origin_seq>> parsed_ids; // apply_enqueue's scratch (writer thread)
+  // apply_enqueue's scratch (writer thread): where each segment goes (an
+  // index into txn_direct, plan_queue or plan_resolved), and which peers
+  // this request has queued something for.
+  static constexpr int plan_queue = -1, plan_resolved = -2;
+  std::vector<int> direct_plan;
+  std::vector<char> plan_queued;
   std::uint64_t map_size = 0, max_map = 0;
   // The received-id (dedupe) tables are bounded by dedupe_window, not by any
   // capacity, so the map may grow past max_map by what they take (measured
@@ -965,7 +971,10 @@ struct store::impl {
     detail::id_range_table ranges(w, id_ranges_db, now, opt.dedupe_window.count());
     auto& parsed = parsed_ids; // "<origin>:<seq>" of each id, for both passes
     parsed.assign(segs.size(), std::nullopt);
-    std::vector<std::size_t> direct_planned(txn_direct.size()); // by txn_direct entry
+    auto& plan = direct_plan;
+    plan.assign(segs.size(), plan_queue);
+    plan_queued.assign(delivered_uncommitted.empty() && txn_direct.empty() ? 0 : peers.size(), 0);
+    std::vector<std::size_t> planned(txn_direct.size()); // by txn_direct entry
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
       if (!s.id.empty()) {
@@ -980,13 +989,8 @@ struct store::impl {
       } else {
         ++fresh_without_id;
       }
-      // What direct delivery will take needs no room in the queue (the
-      // second pass decides the same way, in the same order).
-      if (!txn_direct.empty() && s.peers.size() == 1 && !s.id.empty() && work[s.peers[0] - 1].queued == 0) {
-        auto d = std::find_if(txn_direct.begin(), txn_direct.end(), [&](auto& x) { return x.peer == s.peers[0]; });
-        if (d != txn_direct.end() && d->segs.size() + direct_planned[d - txn_direct.begin()]++ < direct_max_segments)
-          continue;
-      }
+      // What is delivered directly needs no room in the queue.
+      if (!plan_queued.empty() && (plan[i] = plan_direct(s, planned)) != plan_queue) continue;
       std::size_t idlen =
           s.id.empty() ? opt.node_id.size() + 1 + decimal_digits(wglob.oseq + fresh_without_id - 1) : s.id.size();
       need += detail::record_size(idlen, s.stream.size(), 0, s.payload.size()) * s.peers.size();
@@ -1084,17 +1088,16 @@ struct store::impl {
         rec.id = s.id;
         if (rc = record_id_row(w, s.id, now); rc) return rc;
       }
-      std::size_t sz = detail::record_size(rec);
+      ++wglob.accepted;
+      if (plan[i] != plan_queue) {
+        take_direct(s.peers[0], plan[i], rec);
+        continue;
+      }
+      txn_needs_meta_sync = true; // queued: nothing else holds it
+      const std::size_t sz = detail::record_size(rec);
       for (peer_id pid : s.peers) {
-        if (s.peers.size() == 1 && !s.id.empty() && take_direct(pid, rec)) {
-          auto& c = work[pid - 1];
-          ++c.routed;
-          ++c.delivered;
-          continue;
-        }
         peer_rt* p = peers_unlocked(pid);
         char* where = nullptr;
-        txn_needs_meta_sync = true; // queued: nothing else holds it
         rc = w.reserve(p->dbi, key64(wglob.gseq++), sz, where, MDB_APPEND);
         if (rc) return rc;
         detail::encode_record(rec, where);
@@ -1103,7 +1106,6 @@ struct store::impl {
         ++c.queued;
         c.queued_bytes += sz;
       }
-      ++wglob.accepted;
     }
     return record_ranges(ranges, ranged);
   }
@@ -1140,32 +1142,46 @@ struct store::impl {
     return MDB_SUCCESS;
   }
 
-  // Whether the accepted segment `rec`, routed to `pid` alone, is delivered
-  // directly (store::set_direct_sink) rather than queued: it was delivered
-  // by an attempt that did not commit, or the peer's sink is ready in this
-  // transaction, its queue is empty and the transaction's share is not full.
-  bool take_direct(peer_id pid, const detail::record_view& rec) {
-    bool take = false;
-    if (!delivered_uncommitted.empty()) {
-      auto it = delivered_uncommitted.find(std::string(rec.id));
-      if (it != delivered_uncommitted.end() && it->second == pid) {
-        txn_resolved.push_back(it->first);
-        take = true;
+  // Where apply_enqueue's first pass sends segment `s` (in request order):
+  // plan_resolved when a sink delivered it in a transaction that did not
+  // commit; an index into txn_direct when it is routed to one peer alone,
+  // whose sink is ready and whose queue is empty (nothing queued before this
+  // request, nor by it so far) and the transaction's share is not full;
+  // otherwise plan_queue, and its peers count as queued from here on.
+  int plan_direct(const segment_in& s, std::vector<std::size_t>& planned) {
+    if (s.peers.size() == 1 && !s.id.empty()) {
+      const peer_id pid = s.peers[0];
+      if (!delivered_uncommitted.empty()) {
+        auto it = delivered_uncommitted.find(std::string(s.id));
+        if (it != delivered_uncommitted.end() && it->second == pid) return plan_resolved;
+      }
+      if (work[pid - 1].queued == 0 && !plan_queued[pid - 1]) {
+        for (std::size_t d = 0; d < txn_direct.size(); ++d)
+          if (txn_direct[d].peer == pid && txn_direct[d].segs.size() + planned[d] < direct_max_segments) {
+            ++planned[d];
+            return static_cast<int>(d);
+          }
       }
     }
-    if (!take && !txn_direct.empty() && work[pid - 1].queued == 0) {
-      for (auto& d : txn_direct) {
-        if (d.peer != pid) continue;
-        if (d.segs.size() >= direct_max_segments) return false;
-        d.segs.push_back({rec.id, rec.stream, rec.created_ms, rec.checksum, rec.payload});
-        take = true;
-        break;
-      }
-    }
-    if (take && txn_watch && rec.stream == txn_watch->stream)
+    for (peer_id pid : s.peers)
+      plan_queued[pid - 1] = 1;
+    return plan_queue;
+  }
+
+  // Takes the accepted segment `rec`, routed to `pid` alone, as delivered
+  // directly (plan: an index into txn_direct or plan_resolved).
+  void take_direct(peer_id pid, int plan, const detail::record_view& rec) {
+    if (plan == plan_resolved)
+      txn_resolved.emplace_back(rec.id);
+    else
+      txn_direct[static_cast<std::size_t>(plan)].segs.push_back(
+          {rec.id, rec.stream, rec.created_ms, rec.checksum, rec.payload});
+    if (txn_watch && rec.stream == txn_watch->stream)
       fates.push_back(
           {pid, peers_unlocked(pid)->name, segment_fate::delivered, std::string(rec.id), std::string(rec.payload), {}});
-    return take;
+    auto& c = work[pid - 1];
+    ++c.routed;
+    ++c.delivered;
   }
 
   // store::recover_direct: the ids among r.ids that are neither received

@@ -342,3 +342,26 @@ TEST_CASE("a transaction that only delivered directly commits without the metada
   CHECK(f.s->stats().commits_direct_only == 0);
   CHECK(f.sink->ids().size() == 16); // 1..10, 100..102, 200..202
 }
+
+TEST_CASE("a segment behind one the same request queues for the peer is queued too, and needs its room",
+          "[queue][direct]") {
+  const queue::peer_id ab[] = {1, 2}, a_only[] = {1};
+  std::string small(100, 's'), big(900, 'b');
+  std::vector<queue::segment_in> req = {{"data", small, ab, "edge:1", 1000}, {"data", big, a_only, "edge:2", 1000}};
+  SECTION("room enough: both queued for a, in order, nothing direct") {
+    direct_fixture f;
+    f.s->set_direct_sink(f.a, f.sink);
+    REQUIRE_FALSE(f.s->enqueue_wait(req).ec);
+    CHECK(f.sink->calls() == 0);
+    CHECK(f.drain(f.a) == range_ids("edge", 1, 2));
+    f.clean_accounting();
+  }
+  SECTION("no room for the second: the request is refused whole") {
+    direct_fixture f([](queue::store_options& o) { o.max_bytes = 1000; });
+    f.s->set_direct_sink(f.a, f.sink);
+    auto r = f.s->enqueue_wait(req);
+    CHECK(r.ec == make_error_code(errc::queue_full));
+    CHECK(f.s->stats().queued_bytes == 0);
+    CHECK(f.sink->calls() == 0);
+  }
+}
