@@ -391,7 +391,7 @@ struct store::impl {
   struct direct_batch {
     peer_id peer = 0;
     std::shared_ptr<direct_sink> sink;
-    std::vector<direct_segment> segs;
+    std::vector<segment_view> segs;
   };
   std::vector<direct_batch> txn_direct; // writer thread
   bool direct_off = false;              // writer thread: this group is applied again after a sink failed

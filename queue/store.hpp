@@ -25,6 +25,7 @@
 // order is "least recently used first": FIFO for fresh segments, and a failed
 // segment goes behind everything queued before its failed attempt.
 
+#include "queue/segment_view.hpp"
 #include "util/clock.hpp"
 #include "util/errc.hpp"
 
@@ -148,14 +149,6 @@ struct peer_stats {
   std::uint64_t direct_delivered = 0; // delivered through the peer's direct sink since open (in counters.delivered too)
 };
 
-// A segment handed to a direct sink. The views are valid during deliver() only.
-struct direct_segment {
-  std::string_view id, stream;
-  std::int64_t created_ms = 0;
-  std::uint64_t checksum = 0;
-  std::string_view payload;
-};
-
 // A peer's terminal destination that the store's writer delivers to itself,
 // inside the transaction that accepts the segments, instead of queueing them
 // (set_direct_sink; docs/store.md, "Direct delivery"). Both functions run on
@@ -166,8 +159,9 @@ public:
   // Asked once per transaction: may this one deliver here?
   virtual bool ready() = 0;
   // Makes `segs` durable, in order, before returning success. On failure
-  // none of them may remain where a reader would find them.
-  virtual boost::system::result<void, error> deliver(std::span<const direct_segment> segs) = 0;
+  // none of them may remain where a reader would find them. The views are
+  // valid during the call only.
+  virtual boost::system::result<void, error> deliver(std::span<const segment_view> segs) = 0;
 };
 
 struct store_stats {

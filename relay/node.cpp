@@ -130,6 +130,13 @@ struct peer_shared {
   std::atomic<std::uint64_t> uncompressed_bytes{0}; // the same messages before compression
   std::atomic<std::uint64_t> quota_saved_version{0};
   peer_metrics metrics; // this peer's series on the delivery path
+
+  // Bytes a sink without compression wrote: on the wire as they are.
+  void count_wire(std::uint64_t bytes) {
+    limiter->consume(bytes);
+    wire_bytes += bytes;
+    uncompressed_bytes += bytes;
+  }
 };
 
 // One configured peer at run time. Immutable once published in
@@ -367,11 +374,7 @@ protected:
       if (cv_.wait_for(lk, wait, [&] { return stopping_; })) return false;
     }
   }
-  void count_wire(std::uint64_t bytes) {
-    shared_->limiter->consume(bytes);
-    shared_->wire_bytes += bytes;
-    shared_->uncompressed_bytes += bytes;
-  }
+  void count_wire(std::uint64_t bytes) { shared_->count_wire(bytes); }
 
   // Completes whatever the forwarder still has in flight (called before a
   // bandwidth hold is shown).
@@ -410,7 +413,20 @@ private:
 // and the store's writer (the direct path). One append at a time.
 struct spool_slot {
   std::mutex mu;
-  std::unique_ptr<spool_writer> w;
+  std::unique_ptr<spool_writer> w; // set once, before either path uses the slot
+
+  // Appends `recs` (see spool_writer::append); `wire` gets the bytes written.
+  boost::system::result<void, error> append(std::span<const spool_input> recs, std::uint64_t& wire) {
+    std::lock_guard lk(mu);
+    const auto before = w->bytes_written();
+    auto r = w->append(recs);
+    wire = w->bytes_written() - before;
+    return r;
+  }
+  std::uint64_t bytes_written() {
+    std::lock_guard lk(mu);
+    return w ? w->bytes_written() : 0;
+  }
 };
 
 // The file sink's direct path (queue::store::set_direct_sink; docs/spool.md,
@@ -431,26 +447,15 @@ public:
     auto p = shared_->limiter->current_policy();
     return p.get_mode() == bandwidth::mode::unlimited && p.send_windows.empty();
   }
-  boost::system::result<void, error> deliver(std::span<const queue::direct_segment> segs) override {
-    std::vector<spool_input> recs;
-    recs.reserve(segs.size());
-    for (auto& s : segs)
-      recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
+  boost::system::result<void, error> deliver(std::span<const queue::segment_view> segs) override {
     std::uint64_t wire = 0;
-    {
-      std::lock_guard lk(spool_->mu);
-      auto before = spool_->w->bytes_written();
-      if (auto r = spool_->w->append(recs); !r) {
-        enabled = false;
-        spdlog::warn("peer {}: direct spool append failed, the segments are queued instead: {}", name_,
-                     r.error().message);
-        return r.error();
-      }
-      wire = spool_->w->bytes_written() - before;
+    if (auto r = spool_->append(segs, wire); !r) {
+      enabled = false;
+      spdlog::warn("peer {}: direct spool append failed, the segments are queued instead: {}", name_,
+                   r.error().message);
+      return r.error();
     }
-    shared_->limiter->consume(wire);
-    shared_->wire_bytes += wire;
-    shared_->uncompressed_bytes += wire;
+    shared_->count_wire(wire);
     shared_->metrics.attempt(attempt_result::ok);
     const auto now =
         std::chrono::duration_cast<std::chrono::milliseconds>(clk_.system_now().time_since_epoch()).count();
@@ -538,11 +543,7 @@ public:
     threaded_forwarder::stop();
   }
   json::object status() const override {
-    std::uint64_t bytes = 0;
-    {
-      std::lock_guard lk(spool_->mu);
-      if (spool_->w) bytes = spool_->w->bytes_written();
-    }
+    const std::uint64_t bytes = spool_->bytes_written();
     std::lock_guard lk(mu_);
     json::object o;
     o["state"] = state_name(state_);
@@ -650,10 +651,7 @@ private:
     // batch goes past it, nothing later can be in the spool.
     if (!recent_.empty() && !all_known) recent_.clear();
     if (recs.empty()) return;
-    std::lock_guard lk(spool_->mu);
-    auto before = spool_->w->bytes_written();
-    o.appended = spool_->w->append(recs);
-    o.wire = spool_->w->bytes_written() - before;
+    o.appended = spool_->append(recs, o.wire);
   }
 
   void settle() override { wait_acks(0); }

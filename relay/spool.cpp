@@ -195,7 +195,7 @@ boost::system::result<void, error> spool_writer::roll() {
   return {};
 }
 
-boost::system::result<void, error> spool_writer::append(const std::vector<spool_input>& records) {
+boost::system::result<void, error> spool_writer::append(std::span<const spool_input> records) {
   // Small records are framed whole into `buf`; a larger payload is not
   // copied but written from where it is (the store's map, inside the sink's
   // read) with writev. From 512 B up the copy costs more than an iovec: at

@@ -11,12 +11,14 @@
 // A record cut short by a crash is detected by its length and crc and
 // dropped when the spool is opened again (it was never acknowledged).
 
+#include "queue/segment_view.hpp"
 #include "util/errc.hpp"
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,12 +32,9 @@ struct spool_record {
   std::string payload;
 };
 
-struct spool_input {
-  std::string_view id, stream;
-  std::int64_t created_ms;
-  std::uint64_t checksum;
-  std::string_view payload;
-};
+// What append() takes: views of a record's fields (the store's segment_view,
+// so the direct path hands its segments over as they are).
+using spool_input = queue::segment_view;
 
 // Owns the directory; one writer (not thread-safe: the sink calls it from one strand).
 class spool_writer {
@@ -51,7 +50,7 @@ public:
   const std::vector<std::string>& recent_ids() const noexcept { return recent_; }
   // Appends every record and fsyncs; true only when all are durable. On
   // failure the file is cut back to where it was, so none of them is left.
-  boost::system::result<void, error> append(const std::vector<spool_input>& records);
+  boost::system::result<void, error> append(std::span<const spool_input> records);
   std::uint64_t bytes_written() const noexcept { return written_; }
 
   // What the writer leaves in the page cache: the newest cache_keep_bytes of

@@ -62,7 +62,9 @@ TEST_CASE("spool cat prints each segment, as JSON with the payload in base64", "
   {
     auto w = relay::spool_writer::open(d / "spool");
     REQUIRE(w.has_value());
-    REQUIRE((*w)->append({{"e:1", "s1", 1700000000000, util::checksum("hello"), "hello"}}).has_value());
+    REQUIRE(
+        (*w)->append(std::vector<relay::spool_input>{{"e:1", "s1", 1700000000000, util::checksum("hello"), "hello"}})
+            .has_value());
   }
   auto r = run(d, {"spool", "cat", (d / "spool").string(), "--json"});
   CHECK(r.code == 0);

@@ -20,7 +20,7 @@ namespace {
 class recording_sink final : public queue::direct_sink {
 public:
   bool ready() override { return ready_; }
-  boost::system::result<void, error> deliver(std::span<const queue::direct_segment> segs) override {
+  boost::system::result<void, error> deliver(std::span<const queue::segment_view> segs) override {
     std::lock_guard lk(mu_);
     ++calls_;
     if (fail_) return error{make_error_code(errc::store_io), "disk on fire"};

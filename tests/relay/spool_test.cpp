@@ -34,16 +34,17 @@ TEST_CASE("spool records are read back in order with every field", "[spool]") {
   {
     auto w = relay::spool_writer::open(d.path());
     REQUIRE(w.has_value());
-    REQUIRE((*w)->append({{"e:1", "s1", 1000, util::checksum("alpha"), "alpha"},
-                          {"e:2", "s2", 2000, util::checksum(std::string(70000, 'b')), std::string(70000, 'b')}})
+    REQUIRE((*w)->append(std::vector<relay::spool_input>{
+                             {"e:1", "s1", 1000, util::checksum("alpha"), "alpha"},
+                             {"e:2", "s2", 2000, util::checksum(std::string(70000, 'b')), std::string(70000, 'b')}})
                 .has_value());
-    REQUIRE((*w)->append({{"e:3", "s1", 3000, util::checksum("c"), "c"}}).has_value());
+    REQUIRE((*w)->append(std::vector<relay::spool_input>{{"e:3", "s1", 3000, util::checksum("c"), "c"}}).has_value());
     // Either side of the size from which a payload is written from the
     // caller's memory instead of framed inline.
     const std::string p511(511, 'x'), p512(512, 'y');
-    REQUIRE(
-        (*w)->append({{"e:4", "s1", 4000, util::checksum(p511), p511}, {"e:5", "s1", 5000, util::checksum(p512), p512}})
-            .has_value());
+    REQUIRE((*w)->append(std::vector<relay::spool_input>{{"e:4", "s1", 4000, util::checksum(p511), p511},
+                                                         {"e:5", "s1", 5000, util::checksum(p512), p512}})
+                .has_value());
   }
   auto recs = read_all(d.path());
   REQUIRE(recs.size() == 5);
@@ -67,7 +68,8 @@ TEST_CASE("spool files rotate by size and a reopen starts a new file", "[spool]"
     REQUIRE(w.has_value());
     std::string p(600, 'x');
     for (int i = 0; i < 4; ++i)
-      REQUIRE((*w)->append({{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}}).has_value());
+      REQUIRE((*w)->append(std::vector<relay::spool_input>{{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}})
+                  .has_value());
   }
   { auto w = relay::spool_writer::open(d.path(), 1000); }
   std::size_t files = 0;
@@ -81,7 +83,8 @@ TEST_CASE("a torn last record is ignored, damage elsewhere is an error naming th
   test::temp_dir d("spool");
   {
     auto w = relay::spool_writer::open(d.path());
-    REQUIRE((*w)->append({{"e:1", "s", 0, util::checksum("one"), "one"}, {"e:2", "s", 0, util::checksum("two"), "two"}})
+    REQUIRE((*w)->append(std::vector<relay::spool_input>{{"e:1", "s", 0, util::checksum("one"), "one"},
+                                                         {"e:2", "s", 0, util::checksum("two"), "two"}})
                 .has_value());
   }
   auto f = only_file(d.path());
@@ -121,7 +124,8 @@ TEST_CASE("a reopened spool knows the ids at its end, across the newest two file
     CHECK((*w)->recent_ids().empty()); // a new spool has nothing at its end
     // 300 B payloads, rotation at 1,000 B: files of 2 records (e:0 e:1 | e:2 e:3 | e:4)
     for (int i = 0; i < 5; ++i)
-      REQUIRE((*w)->append({{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}}).has_value());
+      REQUIRE((*w)->append(std::vector<relay::spool_input>{{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}})
+                  .has_value());
   }
   auto w = relay::spool_writer::open(d.path(), 1000, 4);
   REQUIRE(w.has_value());
@@ -226,7 +230,7 @@ TEST_CASE("the spool keeps only its newest bytes in the page cache, and all of t
     REQUIRE(w.has_value());
     for (int i = 0; i < 40; ++i) {
       std::string id = "e:" + std::to_string(10 + i);
-      REQUIRE((*w)->append({{id, "s", i, util::checksum(p), p}}).has_value());
+      REQUIRE((*w)->append(std::vector<relay::spool_input>{{id, "s", i, util::checksum(p), p}}).has_value());
       end += rec;
       CHECK((*w)->cached_bytes() <= w_t::cache_keep_bytes + w_t::cache_drop_step);
     }
