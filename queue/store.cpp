@@ -1193,15 +1193,16 @@ struct store::impl {
       return MDB_SUCCESS;
     }
     // What a crash left spooled and still queued is the head of the queue
-    // (the sink's oldest leases), so the head is enough to look at.
+    // (the sink's oldest leases) and at most as many as the ids given, so
+    // that many records of the head are enough to look at.
     std::unordered_set<std::string> queued;
     {
       cursor c;
       int rc = cursor::open(w, p->dbi, c);
       if (rc) return rc;
       std::string_view k, v;
-      const std::size_t scan = 2 * r.ids.size() + direct_max_segments;
-      for (rc = c.get(k, v, MDB_FIRST); rc == MDB_SUCCESS && queued.size() < scan; rc = c.get(k, v, MDB_NEXT))
+      std::size_t scanned = 0;
+      for (rc = c.get(k, v, MDB_FIRST); rc == MDB_SUCCESS && scanned++ < r.ids.size(); rc = c.get(k, v, MDB_NEXT))
         if (auto rec = detail::decode_record(v)) queued.emplace(rec->id);
       if (rc && rc != MDB_NOTFOUND) return rc;
     }
@@ -1211,14 +1212,12 @@ struct store::impl {
     std::unordered_set<std::string_view> counted;
     const std::string own = opt.node_id + ":"; // ids assigned here: never delivered directly, never in the table
     for (auto& id : r.ids) {
-      if (id.empty() || id.starts_with(own) || queued.count(id) || !counted.insert(id).second) continue;
+      if (id.empty() || id.starts_with(own) || queued.count(id) || counted.count(id)) continue;
       auto os = detail::parse_origin_seq(id);
       bool seen = false;
       if (int rc = received(w, ranges, id, os, now, seen)) return rc;
-      if (seen) {
-        counted.erase(id);
-        continue;
-      }
+      if (seen) continue;
+      counted.insert(id);
       if (os) {
         ranged.push_back(*os);
       } else if (int rc = record_id_row(w, id, now)) {
