@@ -995,7 +995,6 @@ struct store::impl {
           s.id.empty() ? opt.node_id.size() + 1 + decimal_digits(wglob.oseq + fresh_without_id - 1) : s.id.size();
       need += detail::record_size(idlen, s.stream.size(), 0, s.payload.size()) * s.peers.size();
     }
-    if (need) txn_needs_meta_sync = true; // something is queued, or evicted to make room
     bool ok = false;
     int rc = make_room(w, need, ok);
     if (rc) return rc;
