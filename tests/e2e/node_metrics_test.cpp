@@ -94,7 +94,10 @@ TEST_CASE("GET /metrics exports what the node did, family by family", "[e2e][met
   REQUIRE(eventually(
       [&] {
         m = get(admin + "/metrics");
+        // The delivered counter moves with the ack's commit; the latency
+        // histogram in the ack's callback just after it: wait for both.
         return sample(m, "edgerelay_segments_delivered_total{peer=\"spool\"}") == 5 &&
+               sample(m, "edgerelay_delivery_latency_seconds_count{peer=\"spool\"}") == 5 &&
                sample(m, "edgerelay_segments_deadlettered_total{peer=\"gone\",reason=\"max_retry\"}") == 2;
       },
       20s));
