@@ -5,6 +5,7 @@
 #include "queue/detail/record.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
+#include "util/thread_name.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -1808,7 +1809,10 @@ boost::system::result<std::unique_ptr<store>, error> store::open(store_options o
   m->locate_map();
   impl* raw = m.get();
   std::unique_ptr<store> s(new store(std::move(m)));
-  raw->writer = std::thread([raw] { raw->run_writer(); });
+  raw->writer = std::thread([raw] {
+    util::name_this_thread("er-store-writer");
+    raw->run_writer();
+  });
   return s;
 }
 

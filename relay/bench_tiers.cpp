@@ -5,6 +5,7 @@
 #include "transport/pki.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
+#include "util/thread_name.hpp"
 #include "util/units.hpp"
 
 #include <boost/json.hpp>
@@ -236,7 +237,10 @@ public:
     ifd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (ifd_ < 0 || ::inotify_add_watch(ifd_, dir_.c_str(), IN_MODIFY | IN_CREATE | IN_MOVED_TO) < 0)
       throw bench_failure("inotify on " + dir_.string() + ": " + std::strerror(errno));
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      util::name_this_thread("bench-tailer");
+      loop();
+    });
   }
   void stop() {
     stop_ = true;
@@ -682,7 +686,10 @@ private:
     std::vector<producer_result> res(n);
     std::vector<std::thread> th;
     for (unsigned i = 0; i < n; ++i)
-      th.emplace_back([&, i] { run_producer(ingest_, pool_, first + i, 0, t_.bytes, seconds, rate_each, res[i]); });
+      th.emplace_back([&, i] {
+        util::name_this_thread("bench-producer");
+        run_producer(ingest_, pool_, first + i, 0, t_.bytes, seconds, rate_each, res[i]);
+      });
     for (auto& t : th)
       t.join();
     for (unsigned i = 0; i < n; ++i)

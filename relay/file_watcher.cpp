@@ -1,4 +1,5 @@
 #include "relay/file_watcher.hpp"
+#include "util/thread_name.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -19,7 +20,10 @@ file_watcher::file_watcher(std::function<void(const std::string& group)> on_chan
     spdlog::warn("file watcher: inotify unavailable ({}); polling every {} ms", std::strerror(errno),
                  opt_.poll_interval.count());
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    util::name_this_thread("er-file-watch");
+    run();
+  });
 }
 
 file_watcher::~file_watcher() {

@@ -1,6 +1,7 @@
 #include "relay/impair.hpp"
 
 #include "util/clock.hpp"
+#include "util/thread_name.hpp"
 #include "util/units.hpp"
 
 #include <boost/asio/connect.hpp>
@@ -514,7 +515,10 @@ boost::system::result<std::unique_ptr<impair_proxy>, error> impair_proxy::create
   p->bound = p->acceptor.local_endpoint();
   if (p->cur.refuse) p->stop_listening();
   p->work.emplace(p->io.get_executor());
-  p->thread = std::thread([io = &p->io] { io->run(); });
+  p->thread = std::thread([io = &p->io] {
+    util::name_this_thread("er-impair");
+    io->run();
+  });
   return std::unique_ptr<impair_proxy>(new impair_proxy(std::move(p)));
 }
 

@@ -16,6 +16,7 @@
 #include "transport/ws_client.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
+#include "util/thread_name.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -382,7 +383,10 @@ protected:
 
   template <class F>
   void launch(F&& body) {
-    thread_ = std::thread(std::forward<F>(body));
+    thread_ = std::thread([name = "er-fwd-" + name_, body = std::forward<F>(body)]() mutable {
+      util::name_this_thread(name);
+      body();
+    });
   }
   bool stopping() {
     std::lock_guard lk(mu_);
@@ -2416,7 +2420,10 @@ boost::system::result<void, error> node::start() {
     spdlog::info("systemd watchdog: pinging every {} ms", usec / 2000);
   }
   for (unsigned i = 0; i < m.threads; ++i)
-    m.pool.emplace_back([&m] { m.io.run(); });
+    m.pool.emplace_back([&m, i] {
+      util::name_this_thread("er-io-" + std::to_string(i));
+      m.io.run();
+    });
   m.audit->node_started(version_string(), listener_addresses(*this));
   return {};
 }

@@ -4,6 +4,7 @@
 #include "transport/ws_client.hpp"
 #include "util/checksum.hpp"
 #include "util/text.hpp"
+#include "util/thread_name.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -216,7 +217,10 @@ boost::system::result<std::unique_ptr<ws_producer>, error> ws_producer::connect(
     if (!c) return error{c.error().code, "wss: " + c.error().message};
     ctx = *c;
   }
-  m->thread = std::thread([p = m.get()] { p->io.run(); });
+  m->thread = std::thread([p = m.get()] {
+    util::name_this_thread("er-producer");
+    p->io.run();
+  });
   std::unique_ptr<ws_producer> self(new ws_producer(std::move(m)));
   auto& im = *self->impl_;
   std::promise<transport::dial_result> dialed;
