@@ -309,6 +309,10 @@ void http_server::impl::on_accept(tcp::socket sock, const std::shared_ptr<http_s
   beast::error_code ec;
   auto remote = sock.remote_endpoint(ec);
   if (ec) return;
+  // Every message is written whole (a batch, an ACK, a response): Nagle's
+  // algorithm would only hold its last partial segment back until the
+  // peer's (delayed) ACK of the one before.
+  sock.set_option(tcp::no_delay(true), ec);
   if (conns.load() >= limits.max_connections) {
     handler.on_refused(connection_info{remote, tls != nullptr, {}}, "too_many_connections",
                        "connection limit of " + std::to_string(limits.max_connections) + " reached");

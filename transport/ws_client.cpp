@@ -64,6 +64,10 @@ private:
     low.async_connect(rs, [self = this->shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
       if (ec == beast::error::timeout) return self->fail(ec, "timeout", "connect timed out");
       if (ec) return self->fail(ec, "connect", "connect to " + self->where() + ": " + ec.message());
+      // Messages are written whole: Nagle would hold the last partial
+      // segment of each one back until the peer's delayed ACK.
+      beast::error_code ignored;
+      beast::get_lowest_layer(*self->stream_).socket().set_option(tcp::no_delay(true), ignored);
       self->handshake_tls();
     });
   }
