@@ -179,6 +179,13 @@ struct node::impl {
   std::shared_ptr<transport::http_server> ingest_srv, listen_srv, admin_srv; // their acceptors need io
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
   std::vector<std::thread> pool;
+  // The admin listener's slow answers (a /metrics scrape reads up to 100,000
+  // records per peer for the oldest segment's age; status, dead-letter
+  // pages) run on a thread of their own, so that a scrape never holds up an
+  // io thread that carries ingest and relay traffic.
+  net::io_context admin_io;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> admin_work;
+  std::thread admin_thread;
   std::optional<net::steady_timer> quota_timer;
   std::optional<net::steady_timer> watchdog_timer;
   std::optional<net::steady_timer> maintenance_timer;
@@ -1581,15 +1588,21 @@ public:
       return r.send_json(problems.empty() ? 200 : 503,
                          json_str(json::object{{"ready", problems.empty()}, {"problems", std::move(why)}}));
     }
-    if (get && path == "/v1/status") return r.send_json(200, json_str(n_.status()));
-    if (get && path == "/metrics") {
-      http::response<http::string_body> res{http::status::ok, 11};
-      res.set(http::field::content_type, telemetry::registry::content_type);
-      res.body() = n_.metrics();
-      return r.send(std::move(res));
-    }
-    if (get && path == "/v1/deadletter") return list(query, std::move(r));
-    if (get && path == "/v1/evidence/soak") return r.send_json(200, json_str(n_.canary->soak_report()));
+    if (get && path == "/v1/status")
+      return off_io(std::move(r), [this](transport::responder& out) { out.send_json(200, json_str(n_.status())); });
+    if (get && path == "/metrics")
+      return off_io(std::move(r), [this](transport::responder& out) {
+        http::response<http::string_body> res{http::status::ok, 11};
+        res.set(http::field::content_type, telemetry::registry::content_type);
+        res.body() = n_.metrics();
+        out.send(std::move(res));
+      });
+    if (get && path == "/v1/deadletter")
+      return off_io(std::move(r),
+                    [this, q = std::string(query)](transport::responder& out) { list(q, std::move(out)); });
+    if (get && path == "/v1/evidence/soak")
+      return off_io(std::move(r),
+                    [this](transport::responder& out) { out.send_json(200, json_str(n_.canary->soak_report())); });
     if (post && path == "/v1/reload") return reload(std::move(r));
     if (post && (path == "/v1/deadletter/retry" || path == "/v1/deadletter/purge"))
       return dl_op(path.ends_with("retry"), req.body(), who, std::move(r));
@@ -1597,6 +1610,13 @@ public:
   }
 
 private:
+  // Answers on the admin thread (node::impl::admin_io) instead of the
+  // connection's io thread; the responder posts the answer back.
+  template <class F>
+  void off_io(transport::responder r, F&& answer) {
+    net::post(n_.admin_io, [r = std::move(r), answer = std::forward<F>(answer)]() mutable { answer(r); });
+  }
+
   static std::string param(std::string_view query, std::string_view key) {
     while (!query.empty()) {
       auto amp = query.find('&');
@@ -2424,6 +2444,12 @@ boost::system::result<void, error> node::start() {
       util::name_this_thread("er-io-" + std::to_string(i));
       m.io.run();
     });
+  m.admin_io.restart();
+  m.admin_work.emplace(m.admin_io.get_executor());
+  m.admin_thread = std::thread([&m] {
+    util::name_this_thread("er-admin");
+    m.admin_io.run();
+  });
   m.audit->node_started(version_string(), listener_addresses(*this));
   return {};
 }
@@ -2441,6 +2467,10 @@ void node::stop() {
   for (auto& t : m.pool)
     t.join();
   m.pool.clear();
+  // Admin answers still waiting are dropped with their connections.
+  m.admin_work.reset();
+  m.admin_io.stop();
+  if (m.admin_thread.joinable()) m.admin_thread.join();
   m.quota_timer.reset();
   m.watchdog_timer.reset();
   m.maintenance_timer.reset();
