@@ -227,9 +227,13 @@ private:
 // readable. Owns its thread; the counters are read after stop().
 class spool_tailer {
 public:
-  spool_tailer(fs::path dir, const filler_pool& pool, unsigned producers) : dir_(std::move(dir)), pool_(pool) {
+  // For producers from `timed_from` on, it also keeps each segment's send
+  // time (windows()).
+  spool_tailer(fs::path dir, const filler_pool& pool, unsigned producers, unsigned timed_from)
+      : dir_(std::move(dir)), pool_(pool), timed_from_(timed_from) {
     seen_.resize(producers);
     latency_ns_.resize(producers);
+    sent_ms_.resize(producers);
   }
   ~spool_tailer() { stop(); }
 
@@ -274,6 +278,23 @@ public:
     return m;
   }
   const std::deque<std::int64_t>& latencies(unsigned p) const { return latency_ns_[p]; }
+  // Producer p's latencies (p >= timed_from) grouped by the 100 ms window of
+  // their send time, counted from the first send of those producers.
+  std::vector<std::vector<std::int64_t>> windows(unsigned from, unsigned to) const {
+    std::uint32_t first = UINT32_MAX;
+    for (unsigned p = from; p < to; ++p)
+      for (auto t : sent_ms_[p])
+        first = std::min(first, t);
+    std::vector<std::vector<std::int64_t>> w;
+    for (unsigned p = from; p < to; ++p)
+      for (std::size_t i = 0; i < sent_ms_[p].size() && i < latency_ns_[p].size(); ++i) {
+        std::size_t k = (sent_ms_[p][i] - first) / window_ms;
+        if (w.size() <= k) w.resize(k + 1);
+        w[k].push_back(latency_ns_[p][i]);
+      }
+    return w;
+  }
+  static constexpr std::uint32_t window_ms = 100;
 
 private:
   void loop() {
@@ -404,6 +425,8 @@ private:
       return;
     }
     latency_ns_[producer].push_back(arrival - sent);
+    if (producer >= timed_from_ && sent >= t0_ns_)
+      sent_ms_[producer].push_back(static_cast<std::uint32_t>((sent - t0_ns_) / 1000000));
     last_arrival_.store(arrival, std::memory_order_relaxed);
     distinct_.fetch_add(1, std::memory_order_release);
   }
@@ -429,6 +452,9 @@ private:
   std::vector<std::deque<std::uint8_t>> seen_;
   std::deque<std::uint8_t> ids_;
   std::vector<std::deque<std::int64_t>> latency_ns_;
+  const unsigned timed_from_;
+  const std::int64_t t0_ns_ = now_ns();
+  std::vector<std::deque<std::uint32_t>> sent_ms_; // ms after t0_ns_, producers >= timed_from_ only
 };
 
 // ------------------------------------------------------------ producers
@@ -518,11 +544,39 @@ latency_stats percentiles(std::vector<std::int64_t> v) {
   return s;
 }
 
+// The half-load latency window by window (spool_tailer::windows): how many
+// 100 ms windows there were, the median of their p99s (the steady state),
+// and how many had a p99 above 10 ms. A p99 over the whole phase above
+// 10 ms with few such windows comes from stalls, not from the steady state.
+struct window_stats {
+  std::size_t count = 0, over_10ms = 0;
+  double p99_ms_median = 0;
+};
+
+window_stats summarize(std::vector<std::vector<std::int64_t>> windows) {
+  window_stats s;
+  std::vector<double> p99s;
+  for (auto& w : windows) {
+    if (w.empty()) continue;
+    auto p = percentiles(std::move(w)).p99_ms;
+    p99s.push_back(p);
+    if (p > 10.0) ++s.over_10ms;
+  }
+  s.count = p99s.size();
+  if (!p99s.empty()) {
+    auto mid = p99s.begin() + static_cast<std::ptrdiff_t>(p99s.size() / 2);
+    std::nth_element(p99s.begin(), mid, p99s.end());
+    s.p99_ms_median = *mid;
+  }
+  return s;
+}
+
 struct tier_result {
   std::string tier;
   std::uint64_t segment_bytes = 0;
   double segments_per_s = 0, mb_per_s = 0;
   latency_stats full, half;
+  window_stats half_windows;
   double half_rate = 0, half_achieved = 0;
   double cpu_s_per_gb = 0, cpu_edge_s = 0, cpu_hub_s = 0;
   std::uint64_t rss_edge = 0, rss_hub = 0;
@@ -556,7 +610,7 @@ public:
     fs::create_directories(dir_ / "edge");
     start_nodes();
     unsigned n = std::max(1u, o_.producers);
-    spool_tailer tail(dir_ / "hub" / "spool", pool_, 2 * n);
+    spool_tailer tail(dir_ / "hub" / "spool", pool_, 2 * n, n);
     tail.start();
 
     double full_s = o_.full_seconds > 0 ? o_.full_seconds : (o_.quick ? 2.0 : 15.0);
@@ -629,10 +683,13 @@ public:
     }
     res_.full = percentiles(std::move(lf));
     res_.half = percentiles(std::move(lh));
+    res_.half_windows = summarize(tail.windows(n, 2 * n));
     std::fprintf(stderr,
                  "bench tiers: %s half load: %.0f segments/s asked, %.0f delivered; latency p50 %.2f ms, p99 %.2f ms, "
-                 "max %.2f ms; hub direct %.0f %% (full load %.0f %%); %s\n",
+                 "max %.2f ms; 100 ms windows: p99 median %.2f ms, %zu of %zu above 10 ms; hub direct %.0f %% (full "
+                 "load %.0f %%); %s\n",
                  t_.name, res_.half_rate, res_.half_achieved, res_.half.p50_ms, res_.half.p99_ms, res_.half.max_ms,
+                 res_.half_windows.p99_ms_median, res_.half_windows.over_10ms, res_.half_windows.count,
                  100 * res_.direct_share_half, 100 * res_.direct_share_full,
                  res_.ok() ? "checks hold" : "CHECKS FAILED");
     stop_nodes();
@@ -801,6 +858,10 @@ json::object to_json(const tier_result& r) {
                       {"p99_ms_at_half_load", r.half.p99_ms},
                       {"max_ms_at_half_load", r.half.max_ms},
                       {"half_load_segments_per_s", r.half_achieved},
+                      {"half_load_windows", json::object{{"window_ms", spool_tailer::window_ms},
+                                                         {"count", r.half_windows.count},
+                                                         {"p99_ms_median", r.half_windows.p99_ms_median},
+                                                         {"over_10ms", r.half_windows.over_10ms}}},
                       {"cpu_s_per_gb", r.cpu_s_per_gb},
                       {"cpu_s", json::object{{"edge", r.cpu_edge_s}, {"hub", r.cpu_hub_s}}},
                       {"rss_max_bytes", json::object{{"edge", r.rss_edge}, {"hub", r.rss_hub}}},

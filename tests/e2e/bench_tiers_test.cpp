@@ -53,6 +53,13 @@ TEST_CASE("bench tiers --quick delivers every segment of T1 and T3 exactly once 
     for (const char* k : {"segments_per_s", "mb_per_s", "p50_ms", "p99_ms", "p99_ms_at_half_load", "cpu_s_per_gb"})
       CHECK(t.at(k).to_number<double>() > 0);
     CHECK(t.at("p50_ms").to_number<double>() <= t.at("p99_ms").to_number<double>());
+    // The half-load phase (2 s with --quick) window by window.
+    auto& w = t.at("half_load_windows").as_object();
+    CHECK(w.at("window_ms").to_number<std::int64_t>() == 100);
+    CHECK(w.at("count").to_number<std::int64_t>() >= 15);
+    CHECK(w.at("over_10ms").to_number<std::int64_t>() <= w.at("count").to_number<std::int64_t>());
+    CHECK(w.at("p99_ms_median").to_number<double>() > 0);
+    CHECK(w.at("p99_ms_median").to_number<double>() <= t.at("max_ms_at_half_load").to_number<double>());
     CHECK(t.at("rss_max_bytes").at("edge").to_number<std::int64_t>() > 1 << 20);
     CHECK(t.at("rss_max_bytes").at("hub").to_number<std::int64_t>() > 1 << 20);
     CHECK(t.at("segments_delivered").to_number<std::int64_t>() > 0);
