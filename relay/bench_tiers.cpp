@@ -278,8 +278,9 @@ public:
     return m;
   }
   const std::deque<std::int64_t>& latencies(unsigned p) const { return latency_ns_[p]; }
-  // Producer p's latencies (p >= timed_from) grouped by the 100 ms window of
-  // their send time, counted from the first send of those producers.
+  // The latencies of producers [from, to) (all >= timed_from) grouped by the
+  // 100 ms window of their send time, counted from the first send of those
+  // producers.
   std::vector<std::vector<std::int64_t>> windows(unsigned from, unsigned to) const {
     std::uint32_t first = UINT32_MAX;
     for (unsigned p = from; p < to; ++p)
@@ -287,7 +288,7 @@ public:
         first = std::min(first, t);
     std::vector<std::vector<std::int64_t>> w;
     for (unsigned p = from; p < to; ++p)
-      for (std::size_t i = 0; i < sent_ms_[p].size() && i < latency_ns_[p].size(); ++i) {
+      for (std::size_t i = 0; i < sent_ms_[p].size(); ++i) {
         std::size_t k = (sent_ms_[p][i] - first) / window_ms;
         if (w.size() <= k) w.resize(k + 1);
         w[k].push_back(latency_ns_[p][i]);
@@ -425,8 +426,9 @@ private:
       return;
     }
     latency_ns_[producer].push_back(arrival - sent);
-    if (producer >= timed_from_ && sent >= t0_ns_)
-      sent_ms_[producer].push_back(static_cast<std::uint32_t>((sent - t0_ns_) / 1000000));
+    // One entry per latency entry of the producer, so that windows() can pair them.
+    if (producer >= timed_from_)
+      sent_ms_[producer].push_back(static_cast<std::uint32_t>(std::max<std::int64_t>(0, sent - t0_ns_) / 1000000));
     last_arrival_.store(arrival, std::memory_order_relaxed);
     distinct_.fetch_add(1, std::memory_order_release);
   }
