@@ -974,7 +974,8 @@ struct store::impl {
     parsed.assign(segs.size(), std::nullopt);
     auto& plan = direct_plan;
     plan.assign(segs.size(), plan_queue);
-    plan_queued.assign(delivered_uncommitted.empty() && txn_direct.empty() ? 0 : peers.size(), 0);
+    const bool may_direct = !delivered_uncommitted.empty() || !txn_direct.empty();
+    plan_queued.assign(may_direct ? peers.size() : 0, 0);
     std::vector<std::size_t> planned(txn_direct.size()); // by txn_direct entry
     for (std::size_t i = 0; i < segs.size(); ++i) {
       auto& s = segs[i];
@@ -991,7 +992,7 @@ struct store::impl {
         ++fresh_without_id;
       }
       // What is delivered directly needs no room in the queue.
-      if (!plan_queued.empty() && (plan[i] = plan_direct(s, planned)) != plan_queue) continue;
+      if (may_direct && (plan[i] = plan_direct(s, planned)) != plan_queue) continue;
       std::size_t idlen =
           s.id.empty() ? opt.node_id.size() + 1 + decimal_digits(wglob.oseq + fresh_without_id - 1) : s.id.size();
       need += detail::record_size(idlen, s.stream.size(), 0, s.payload.size()) * s.peers.size();
