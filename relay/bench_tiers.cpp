@@ -278,10 +278,10 @@ public:
     return m;
   }
   const std::deque<std::int64_t>& latencies(unsigned p) const { return latency_ns_[p]; }
-  // The latencies of producers [from, to) (all >= timed_from) grouped by the
-  // 100 ms window of their send time, counted from the first send of those
-  // producers.
-  std::vector<std::vector<std::int64_t>> windows(unsigned from, unsigned to) const {
+  // The latencies of the timed producers grouped by the 100 ms window of
+  // their send time, counted from the first send of those producers.
+  std::vector<std::vector<std::int64_t>> windows() const {
+    const auto from = timed_from_, to = static_cast<unsigned>(sent_ms_.size());
     std::uint32_t first = UINT32_MAX;
     for (unsigned p = from; p < to; ++p)
       for (auto t : sent_ms_[p])
@@ -685,7 +685,7 @@ public:
     }
     res_.full = percentiles(std::move(lf));
     res_.half = percentiles(std::move(lh));
-    res_.half_windows = summarize(tail.windows(n, 2 * n));
+    res_.half_windows = summarize(tail.windows());
     std::fprintf(stderr,
                  "bench tiers: %s half load: %.0f segments/s asked, %.0f delivered; latency p50 %.2f ms, p99 %.2f ms, "
                  "max %.2f ms; 100 ms windows: p99 median %.2f ms, %zu of %zu above 10 ms; hub direct %.0f %% (full "
