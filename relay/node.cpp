@@ -1310,6 +1310,7 @@ private:
     p->reasons.resize(recs.size());
     p->canary.assign(recs.size(), false);
     std::vector<queue::segment_in> segs;
+    segs.reserve(recs.size());
     auto routing = n_.peers_now();
     for (std::size_t i = 0; i < recs.size(); ++i) {
       auto& r = recs[i];
