@@ -302,25 +302,39 @@ private:
     while (!stop_) {
       drain();
       pollfd pfd{ifd_, POLLIN, 0};
-      if (::poll(&pfd, 1, 20) > 0) {
-        char ev[4096];
-        while (::read(ifd_, ev, sizeof ev) > 0) {
-        }
+      if (::poll(&pfd, 1, 20) <= 0) {
+        dir_changed_ = true; // quiet for 20 ms: look at the directory again anyway
+        continue;
       }
+      alignas(inotify_event) char ev[4096];
+      for (ssize_t n; (n = ::read(ifd_, ev, sizeof ev)) > 0;)
+        for (ssize_t at = 0; at < n;) {
+          const auto* e = reinterpret_cast<const inotify_event*>(ev + at);
+          if (e->mask & (IN_CREATE | IN_MOVED_TO | IN_Q_OVERFLOW)) dir_changed_ = true;
+          at += static_cast<ssize_t>(sizeof(inotify_event) + e->len);
+        }
     }
+    dir_changed_ = true;
     drain();
   }
 
   // The spool file with the lowest sequence number above `after`, if any.
-  std::optional<std::pair<std::uint64_t, fs::path>> next_file(std::uint64_t after) const {
+  // It lists the directory only when a file may have appeared since the last
+  // listing: the file sink appends to one file at a time, and a listing on
+  // every wake-up (one per write) cost the tailer more CPU than reading.
+  std::optional<std::pair<std::uint64_t, fs::path>> next_file(std::uint64_t after) {
+    if (!dir_changed_ && newest_listed_ <= after) return std::nullopt;
+    dir_changed_ = false; // before listing: a file created after it sets it again
     std::optional<std::pair<std::uint64_t, fs::path>> best;
     std::error_code ec;
     for (auto& e : fs::directory_iterator(dir_, ec)) {
       auto n = e.path().filename().string();
       if (n.size() != 26 || n.rfind("spool-", 0) != 0 || n.substr(22) != ".ers") continue;
       auto seq = std::stoull(n.substr(6, 16), nullptr, 16);
+      newest_listed_ = std::max<std::uint64_t>(newest_listed_, seq);
       if (seq > after && (!best || seq < best->first)) best = {seq, e.path()};
     }
+    if (ec) dir_changed_ = true;
     return best;
   }
 
@@ -439,6 +453,8 @@ private:
   std::atomic<bool> stop_{false};
   int ifd_ = -1, fd_ = -1;
   std::uint64_t file_seq_ = 0;
+  std::uint64_t newest_listed_ = 0; // the highest spool file sequence number a listing saw
+  bool dir_changed_ = true;         // a file may have appeared since the last listing
   static constexpr std::size_t read_chunk = 4u << 20;
   std::string buf_; // [0, len_) read from the file, [at_, len_) not handled yet
   std::size_t len_ = 0;
