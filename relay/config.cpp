@@ -307,7 +307,8 @@ parsed<send_window> parse_send_window(std::string_view text) {
 using key_list = std::span<const std::string_view>;
 
 constexpr std::string_view k_root[] = {"node", "queue", "ingest", "listen", "admin", "peer", "evidence"};
-constexpr std::string_view k_node[] = {"id", "data_dir", "sync", "unready_before_cert_expiry", "audit_log"};
+constexpr std::string_view k_node[] = {
+    "id", "data_dir", "sync", "unready_before_cert_expiry", "audit_log", "audit_log_max_bytes", "audit_log_keep"};
 constexpr std::string_view k_queue[] = {"max_bytes",
                                         "max_segment_bytes",
                                         "overflow",
@@ -705,6 +706,15 @@ void checker::read_node(const table_reader& root, node_config& cfg) {
   if (auto v = t->duration("unready_before_cert_expiry", true)) cfg.node.unready_before_cert_expiry = *v;
   if (auto a = t->path_value("audit_log", false, false)) cfg.node.audit_log = *a;
   if (cfg.node.audit_log.empty() && !cfg.node.data_dir.empty()) cfg.node.audit_log = cfg.node.data_dir / "audit.log";
+  if (auto v = t->size("audit_log_max_bytes", 0)) {
+    if (*v != 0 && *v < (4u << 10))
+      t->fail("audit_log_max_bytes", std::to_string(*v) +
+                                         " bytes is too small to hold a few events; use at least \"4KiB\", or \"0\" "
+                                         "to never rotate the audit log");
+    else
+      cfg.node.audit_log_max_bytes = *v;
+  }
+  if (auto v = t->integer("audit_log_keep", 0, 100)) cfg.node.audit_log_keep = static_cast<unsigned>(*v);
 }
 
 void checker::read_queue(const table_reader& root, node_config& cfg) {

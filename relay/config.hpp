@@ -117,6 +117,10 @@ struct node_section {
   // certificates (listener or peer client certificate) expires; 0: never.
   std::chrono::milliseconds unready_before_cert_expiry{std::chrono::hours{24}};
   std::filesystem::path audit_log; // the audit log (JSON lines); default: <data_dir>/audit.log
+  // Rotated before an event would take it past this many bytes (0: never),
+  // keeping this many older files (audit.log.1 ..).
+  std::uint64_t audit_log_max_bytes = 64ull << 20;
+  unsigned audit_log_keep = 4;
   friend bool operator==(const node_section&, const node_section&) = default;
 };
 

@@ -80,6 +80,10 @@ const char* state_name(int s) {
   return names[s];
 }
 
+telemetry::audit_rotation audit_rotation_of(const node_config& c) {
+  return {c.node.audit_log_max_bytes, c.node.audit_log_keep};
+}
+
 // node.audit_log, its directory created if absent.
 boost::system::result<std::unique_ptr<telemetry::audit_log>, error> open_audit_log(const node_config& c,
                                                                                    util::clock& clk) {
@@ -87,7 +91,7 @@ boost::system::result<std::unique_ptr<telemetry::audit_log>, error> open_audit_l
   std::filesystem::create_directories(c.node.audit_log.parent_path(), ec);
   if (ec)
     return error{ec, "node.audit_log: cannot create " + c.node.audit_log.parent_path().string() + ": " + ec.message()};
-  auto a = telemetry::audit_log::open(c.node.audit_log, c.node.id, clk);
+  auto a = telemetry::audit_log::open(c.node.audit_log, c.node.id, clk, audit_rotation_of(c));
   if (!a) return error{a.error().code, "node.audit_log: " + a.error().message};
   return std::move(*a);
 }
@@ -1901,6 +1905,10 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   if (next->node.unready_before_cert_expiry != cur->node.unready_before_cert_expiry)
     rep.applied.push_back("node.unready_before_cert_expiry");
   restart(next->node.audit_log != cur->node.audit_log, "node.audit_log");
+  if (audit_rotation_of(*next) != audit_rotation_of(*cur)) {
+    audit->set_rotation(audit_rotation_of(*next));
+    rep.applied.push_back("node.audit_log_max_bytes, node.audit_log_keep");
+  }
   {
     auto a = next->queue, b = cur->queue;
     bool retry_changed = a.max_retry != b.max_retry || a.retry_backoff != b.retry_backoff;

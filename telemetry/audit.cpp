@@ -65,8 +65,8 @@ std::string os_error(int e) { return std::strerror(e); }
 
 } // namespace
 
-boost::system::result<std::unique_ptr<audit_log>, error> audit_log::open(const std::filesystem::path& path,
-                                                                         std::string node_id, util::clock& clock) {
+boost::system::result<std::unique_ptr<audit_log>, error>
+audit_log::open(const std::filesystem::path& path, std::string node_id, util::clock& clock, audit_rotation rotation) {
   int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
   if (fd < 0) {
     int e = errno;
@@ -90,13 +90,80 @@ boost::system::result<std::unique_ptr<audit_log>, error> audit_log::open(const s
                    "audit log " + path.string() + ": cannot write: " + os_error(e)};
     }
   }
-  return std::unique_ptr<audit_log>(new audit_log(fd, path, std::move(node_id), clock));
+  return std::unique_ptr<audit_log>(new audit_log(fd, path, std::move(node_id), clock, rotation));
 }
 
-audit_log::audit_log(int fd, std::filesystem::path path, std::string node_id, util::clock& clock)
-    : fd_(fd), path_(std::move(path)), node_id_(std::move(node_id)), clock_(clock) {}
+audit_log::audit_log(int fd, std::filesystem::path path, std::string node_id, util::clock& clock,
+                     audit_rotation rotation)
+    : path_(std::move(path)), node_id_(std::move(node_id)), clock_(clock), fd_(fd), rotation_(rotation) {}
 
 audit_log::~audit_log() { ::close(fd_); }
+
+std::filesystem::path audit_log::rotated(const std::filesystem::path& path, unsigned i) {
+  return path.string() + "." + std::to_string(i);
+}
+
+void audit_log::set_rotation(audit_rotation r) {
+  std::lock_guard lk(mu_);
+  rotation_ = r;
+  next_try_ = {};
+}
+
+void audit_log::maybe_rotate(std::size_t next_line) {
+  if (rotation_.max_bytes == 0) return;
+  struct stat st {};
+  // The size of the open file, not a count of our own writes: an external
+  // `logrotate copytruncate` may have emptied it meanwhile.
+  if (::fstat(fd_, &st) != 0 || st.st_size == 0) return;
+  if (static_cast<std::uint64_t>(st.st_size) + next_line <= rotation_.max_bytes) return;
+  const auto now = clock_.steady_now();
+  if (now < next_try_) return;
+  if (rotate()) {
+    ++rotations_;
+    next_try_ = {};
+  } else {
+    ++rotation_failures_;
+    next_try_ = now + std::chrono::minutes(1);
+  }
+}
+
+bool audit_log::rotate() {
+  auto fail = [&](const std::string& what, int e) {
+    spdlog::error("audit log {}: rotation failed, {}: {}; events go on into the open file, next try in a minute",
+                  path_.string(), what, os_error(e));
+    return false;
+  };
+  if (rotation_.keep == 0) {
+    if (::ftruncate(fd_, 0) != 0) {
+      int e = errno;
+      return fail("cannot truncate it", e);
+    }
+    return true;
+  }
+  // Oldest first, so that nothing is overwritten but the one past `keep`.
+  for (unsigned i = rotation_.keep; i > 1; --i) {
+    auto from = rotated(path_, i - 1), to = rotated(path_, i);
+    if (::rename(from.c_str(), to.c_str()) != 0 && errno != ENOENT) {
+      int e = errno;
+      return fail("cannot rename " + from.string() + " to " + to.string(), e);
+    }
+  }
+  // ENOENT: an earlier try renamed PATH and then failed to open the new one;
+  // the open descriptor follows the file to PATH.2 above.
+  auto first = rotated(path_, 1);
+  if (::rename(path_.c_str(), first.c_str()) != 0 && errno != ENOENT) {
+    int e = errno;
+    return fail("cannot rename it to " + first.string(), e);
+  }
+  int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    int e = errno;
+    return fail("cannot open a new " + path_.string(), e);
+  }
+  ::close(fd_);
+  fd_ = fd;
+  return true;
+}
 
 void audit_log::record(std::string_view event, const json::object& fields) {
   std::string line = "{\"time\":\"" + util::format_utc(clock_.system_now()) + "\",\"event\":";
@@ -116,6 +183,7 @@ void audit_log::record(std::string_view event, const json::object& fields) {
 
 void audit_log::write_line(const std::string& line) {
   std::lock_guard lk(mu_);
+  maybe_rotate(line.size());
   const char* p = line.data();
   std::size_t left = line.size();
   while (left > 0) {
@@ -190,8 +258,10 @@ void audit_log::crl_reloaded(std::string_view name, std::uint64_t entries) {
   record("crl_reloaded", json::object{{"name", name}, {"entries", entries}});
 }
 
-boost::system::result<audit_tail, error> read_audit_tail(const std::filesystem::path& path, std::size_t max_events,
-                                                         std::uint64_t max_bytes) {
+namespace {
+
+boost::system::result<audit_tail, error> read_one_tail(const std::filesystem::path& path, std::size_t max_events,
+                                                       std::uint64_t max_bytes) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
@@ -250,6 +320,25 @@ boost::system::result<audit_tail, error> read_audit_tail(const std::filesystem::
     out.lines.push_back(std::move(l));
   }
   return out;
+}
+
+} // namespace
+
+boost::system::result<audit_tail, error> read_audit_tail(const std::filesystem::path& path, std::size_t max_events,
+                                                         std::uint64_t max_bytes) {
+  auto out = read_one_tail(path, max_events, max_bytes);
+  if (!out || out->events.size() >= max_events) return out;
+  std::error_code ec;
+  auto older = audit_log::rotated(path, 1);
+  if (!std::filesystem::exists(older, ec)) return out;
+  auto before = read_one_tail(older, max_events - out->events.size(), max_bytes);
+  if (!before) return out; // rotated away meanwhile: the current file's events stand
+  before->skipped += out->skipped;
+  for (std::size_t i = 0; i < out->events.size(); ++i) {
+    before->events.push_back(std::move(out->events[i]));
+    before->lines.push_back(std::move(out->lines[i]));
+  }
+  return before;
 }
 
 } // namespace edgerelay::telemetry

@@ -22,6 +22,15 @@
 // A failed write is logged (once per kind of failure, not once per event)
 // and counted in write_failures(); it never throws or stops the caller.
 //
+// Rotation (audit_rotation): before an event would take the file past
+// max_bytes, the file becomes PATH.1 (PATH.1 becomes PATH.2, and so on; the
+// one past `keep` is dropped) and a new PATH is started, so the audit log
+// takes at most (keep + 1) * max_bytes plus one event of disk, however many
+// connections are refused. Rotation happens under the same mutex as the
+// writes, so no event is lost or split by it. keep = 0 starts the file over
+// instead. A rotation that fails (rename or open) is logged, the events go on
+// into the file already open, and the next try is a minute later.
+//
 // Threads: every member function may be called from any thread.
 
 #include "util/errc.hpp"
@@ -44,6 +53,13 @@ class clock;
 
 namespace edgerelay::telemetry {
 
+// When the audit log is rotated (node.audit_log_max_bytes, node.audit_log_keep).
+struct audit_rotation {
+  std::uint64_t max_bytes = 0; // 0: never rotated (an external logrotate with copytruncate may)
+  unsigned keep = 0;           // rotated files kept: PATH.1 (newest) .. PATH.<keep>
+  friend bool operator==(const audit_rotation&, const audit_rotation&) = default;
+};
+
 // Who asked for an operator action: the admin client's address and, over
 // mTLS, its certificate identity (empty otherwise).
 struct audit_actor {
@@ -55,14 +71,21 @@ class audit_log {
 public:
   // Opens (creating with mode 0640 if absent) the file for appending. The
   // parent directory must exist. Errors name the path and the OS reason.
-  static boost::system::result<std::unique_ptr<audit_log>, error> open(const std::filesystem::path& path,
-                                                                       std::string node_id, util::clock& clock);
+  static boost::system::result<std::unique_ptr<audit_log>, error>
+  open(const std::filesystem::path& path, std::string node_id, util::clock& clock, audit_rotation rotation = {});
   ~audit_log();
   audit_log(const audit_log&) = delete;
   audit_log& operator=(const audit_log&) = delete;
 
   const std::filesystem::path& path() const noexcept { return path_; }
   std::uint64_t write_failures() const noexcept { return write_failures_.load(); }
+  // Rotations done since open, and rotations that failed.
+  std::uint64_t rotations() const noexcept { return rotations_.load(); }
+  std::uint64_t rotation_failures() const noexcept { return rotation_failures_.load(); }
+  // Takes effect from the next event (a reload).
+  void set_rotation(audit_rotation r);
+  // PATH.<i>: the i-th newest rotated file.
+  static std::filesystem::path rotated(const std::filesystem::path& path, unsigned i);
 
   // Any event: `fields` follow time, event and node (keys of those names in
   // `fields` are dropped).
@@ -107,22 +130,28 @@ public:
   void crl_reloaded(std::string_view name, std::uint64_t entries);
 
 private:
-  audit_log(int fd, std::filesystem::path path, std::string node_id, util::clock& clock);
+  audit_log(int fd, std::filesystem::path path, std::string node_id, util::clock& clock, audit_rotation rotation);
   void write_line(const std::string& line);
+  void maybe_rotate(std::size_t next_line); // mu_ held
+  bool rotate();                            // mu_ held
 
-  const int fd_;
   const std::filesystem::path path_;
   const std::string node_id_;
   util::clock& clock_;
-  std::mutex mu_; // one write(2) at a time, so lines never interleave
-  std::atomic<std::uint64_t> write_failures_{0};
+  std::mutex mu_; // one write(2) at a time, so lines never interleave; guards what follows
+  int fd_;        // PATH as of the last rotation
+  audit_rotation rotation_;
+  std::chrono::steady_clock::time_point next_try_{}; // after a failed rotation
+  std::atomic<std::uint64_t> write_failures_{0}, rotations_{0}, rotation_failures_{0};
   std::atomic<int> last_errno_logged_{0};
 };
 
 // The last `max_events` complete events of an audit file, oldest first, each
 // parsed. Lines that are not a JSON object (a torn last line after a power
 // cut) are skipped and counted in *skipped. Reads at most the last
-// `max_bytes` of the file. Errors: the file cannot be opened or read.
+// `max_bytes` of the file, and when the file holds fewer events (it was
+// just rotated), the rest from the end of PATH.1 if there is one. Errors:
+// the file cannot be opened or read.
 struct audit_tail {
   std::vector<boost::json::object> events;
   std::vector<std::string> lines; // the same events as the lines in the file

@@ -14,8 +14,11 @@
 #include "transport/tls.hpp"
 #include "transport/ws_client.hpp"
 
+#include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
@@ -223,4 +226,73 @@ TEST_CASE("the audit log records TLS and allow-list denials with listener, remot
   CHECK(s(allow.at("remote")) == "127.0.0.1");
   CHECK(s(allow.at("identity")) == "URI:spiffe://elsewhere/edge/x");
   CHECK_THAT(s(allow.at("detail")), Contains("matches none of [URI:spiffe://edgerelay/edge/*]"));
+}
+
+TEST_CASE("a flood of refused connections fills at most (keep + 1) audit files of audit_log_max_bytes, and a reload "
+          "changes the bound live",
+          "[e2e][audit][security]") {
+  test::temp_dir dir{"audit-flood"};
+  const auto file = dir / "hub.toml";
+  auto body = [&](const std::string& rotation) {
+    return "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "data") + "\n" + rotation +
+           "[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(pki().server.cert) + "\nkey = " + q(pki().server.key) +
+           "\nca = " + q(pki().root_ca) +
+           "\nallow = [\"URI:spiffe://edgerelay/edge/*\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+           "[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" +
+           (dir / "spool").string() + "\"\n";
+  };
+  write_file(file, body("audit_log_max_bytes = \"4KiB\"\naudit_log_keep = 2\n"));
+  auto hub = test::start_node(relay::load_config(file));
+  const auto audit = dir / "data" / "audit.log";
+  const auto port = port_of(hub->address("listen"));
+  // Plain text to the TLS listener: each connection is refused at the handshake and audited.
+  auto knock = [&](int times) {
+    net::io_context io;
+    for (int i = 0; i < times; ++i) {
+      net::ip::tcp::socket sock(io);
+      boost::system::error_code ec;
+      sock.connect({net::ip::make_address("127.0.0.1"), port}, ec);
+      REQUIRE_FALSE(ec);
+      net::write(sock, net::buffer(std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n")), ec);
+      char b[256];
+      while (!ec)
+        sock.read_some(net::buffer(b), ec); // until the hub closes it
+    }
+  };
+  auto denials_in = [&](const std::filesystem::path& f) {
+    std::size_t n = 0;
+    std::ifstream in(f);
+    for (std::string l; std::getline(in, l);) {
+      auto v = json::parse(l); // every line of every file parses
+      n += v.as_object().at("event").as_string() == "auth_denied" ? 1 : 0;
+    }
+    return n;
+  };
+  auto kept_denials = [&] {
+    return denials_in(audit) + denials_in(telemetry::audit_log::rotated(audit, 1)) +
+           denials_in(telemetry::audit_log::rotated(audit, 2));
+  };
+  knock(60);
+  REQUIRE(eventually([&] { return std::filesystem::exists(telemetry::audit_log::rotated(audit, 2)); }));
+  CHECK_FALSE(std::filesystem::exists(telemetry::audit_log::rotated(audit, 3)));
+  for (auto& f : {audit, telemetry::audit_log::rotated(audit, 1), telemetry::audit_log::rotated(audit, 2)})
+    CHECK(std::filesystem::file_size(f) <= 4096);
+  const auto kept = kept_denials();
+  CHECK(kept > 10);
+  CHECK(kept < 60); // the oldest went with the file past keep
+
+  // Live: no bound any more. The rotated files stay as they are and the current one grows.
+  write_file(file, body("audit_log_max_bytes = \"0\"\naudit_log_keep = 2\n"));
+  auto rl = relay::http_call("POST", "http://" + hub->address("admin") + "/v1/reload");
+  REQUIRE(rl.has_value());
+  CHECK(rl->status == 200);
+  INFO(rl->body);
+  CHECK_THAT(rl->body, Contains("node.audit_log_max_bytes, node.audit_log_keep"));
+  const auto before = std::filesystem::file_size(telemetry::audit_log::rotated(audit, 1));
+  const auto current = denials_in(audit);
+  knock(30);
+  REQUIRE(eventually([&] { return denials_in(audit) == current + 30; }));
+  CHECK(std::filesystem::file_size(audit) > 4096);
+  CHECK(std::filesystem::file_size(telemetry::audit_log::rotated(audit, 1)) == before);
+  hub->stop();
 }

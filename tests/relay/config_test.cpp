@@ -719,6 +719,27 @@ TEST_CASE("node.audit_log resolves against the config's directory and must be a 
   CHECK_ERROR(errors_of(with("audit_logs = \"a\"")), "node.audit_logs", "audit_log");
 }
 
+TEST_CASE("node.audit_log_max_bytes is 0 or at least 4 KiB, node.audit_log_keep 0 to 100", "[config]") {
+  pki_dir pki;
+  auto with = [&](const std::string& line) {
+    auto text = edge_base;
+    text.replace(text.find("data_dir"), 0, line + "\n");
+    return parse_in(pki.path(), text);
+  };
+  auto defaults = value_of(with(""));
+  CHECK(defaults.node.audit_log_max_bytes == 64ull << 20);
+  CHECK(defaults.node.audit_log_keep == 4);
+  CHECK(value_of(with("audit_log_max_bytes = \"1MiB\"")).node.audit_log_max_bytes == 1u << 20);
+  CHECK(value_of(with("audit_log_max_bytes = \"0\"")).node.audit_log_max_bytes == 0);
+  CHECK(value_of(with("audit_log_keep = 0")).node.audit_log_keep == 0);
+  CHECK(value_of(with("audit_log_keep = 100")).node.audit_log_keep == 100);
+  CHECK_ERROR(errors_of(with("audit_log_max_bytes = \"2KiB\"")), "node.audit_log_max_bytes",
+              "2048 bytes is too small to hold a few events; use at least \"4KiB\", or \"0\"");
+  CHECK_ERROR(errors_of(with("audit_log_max_bytes = \"lots\"")), "node.audit_log_max_bytes", "");
+  CHECK_ERROR(errors_of(with("audit_log_keep = 101")), "node.audit_log_keep", "100");
+  CHECK_ERROR(errors_of(with("audit_log_keep = -1")), "node.audit_log_keep", "");
+}
+
 TEST_CASE("node.id is 1 to 64 characters without ':'", "[config]") {
   pki_dir pki;
   auto with_id = [&](const std::string& id) {

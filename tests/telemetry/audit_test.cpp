@@ -229,3 +229,159 @@ TEST_CASE("opening an audit log in a missing directory names the path and the re
   REQUIRE(a.has_error());
   CHECK_THAT(a.error().message, Contains("no/such/audit.log") && Contains("No such file or directory"));
 }
+
+namespace {
+
+std::unique_ptr<audit_log> open_rotating(const std::filesystem::path& p, util::clock& clk, audit_rotation r) {
+  auto a = audit_log::open(p, "edge-1", clk, r);
+  INFO((a ? std::string() : a.error().message));
+  REQUIRE(a.has_value());
+  return std::move(*a);
+}
+
+// The `entries` field of each crl_reloaded event in the file, in order.
+std::vector<int> entries_in(const std::filesystem::path& p) {
+  std::vector<int> out;
+  for (auto& e : events_in(p))
+    out.push_back(e.at("entries").to_number<int>());
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("a size-bounded audit log rotates to PATH.1 .. PATH.keep and loses or splits no event",
+          "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  const auto path = dir / "audit.log";
+  auto a = open_rotating(path, clk, {4096, 2});
+  for (int i = 0; i < 120; ++i)
+    a->crl_reloaded("listen " + std::string(40, 'n'), static_cast<std::uint64_t>(i));
+  CHECK(a->rotations() >= 3);
+  CHECK(a->rotation_failures() == 0);
+  CHECK(a->write_failures() == 0);
+  REQUIRE(std::filesystem::exists(audit_log::rotated(path, 1)));
+  REQUIRE(std::filesystem::exists(audit_log::rotated(path, 2)));
+  CHECK_FALSE(std::filesystem::exists(audit_log::rotated(path, 3)));
+  // Oldest to newest: PATH.2, PATH.1, PATH hold the newest events without a gap.
+  std::vector<int> all;
+  for (auto& f : {audit_log::rotated(path, 2), audit_log::rotated(path, 1), path}) {
+    CHECK(std::filesystem::file_size(f) <= 4096);
+    auto e = entries_in(f);
+    CHECK_FALSE(e.empty());
+    all.insert(all.end(), e.begin(), e.end());
+  }
+  REQUIRE_FALSE(all.empty());
+  CHECK(all.back() == 119);
+  for (std::size_t i = 1; i < all.size(); ++i)
+    CHECK(all[i] == all[i - 1] + 1);
+  // The dropped events are the oldest: the kept ones hold 3 files' worth.
+  CHECK(all.size() > 60);
+
+  // read_audit_tail reaches into PATH.1 for what the new file does not hold yet.
+  auto cur = entries_in(path), prev = entries_in(audit_log::rotated(path, 1));
+  auto tail = read_audit_tail(path, cur.size() + 5);
+  REQUIRE(tail.has_value());
+  REQUIRE(tail->events.size() == cur.size() + 5);
+  CHECK(tail->events.front().at("entries").to_number<int>() == prev[prev.size() - 5]);
+  CHECK(tail->events.back().at("entries").to_number<int>() == 119);
+  CHECK(tail->lines.size() == tail->events.size());
+  auto only_new = read_audit_tail(path, cur.size());
+  REQUIRE(only_new.has_value());
+  CHECK(only_new->events.front().at("entries").to_number<int>() == cur.front());
+}
+
+TEST_CASE("concurrent writers across audit log rotations: every event in exactly one file, none torn",
+          "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  const auto path = dir / "audit.log";
+  auto a = open_rotating(path, clk, {16 << 10, 100});
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i)
+        a->auth_denied("listen", "127.0.0." + std::to_string(t), "", "unknown_ca",
+                       std::to_string(i) + std::string(300, 'x'));
+    });
+  for (auto& t : ts)
+    t.join();
+  std::size_t total = 0;
+  unsigned files = 0;
+  for (unsigned i = 0; i <= 100; ++i) {
+    auto f = i == 0 ? path : audit_log::rotated(path, i);
+    if (!std::filesystem::exists(f)) continue;
+    ++files;
+    CHECK(std::filesystem::file_size(f) <= 16 << 10);
+    total += events_in(f).size();
+  }
+  CHECK(total == 800);
+  CHECK(files == a->rotations() + 1);
+  CHECK(files > 10);
+  CHECK(a->write_failures() == 0);
+}
+
+TEST_CASE("audit_log_keep = 0 starts the file over, and without max_bytes the file only grows", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  auto a = open_rotating(dir / "over.log", clk, {4096, 0});
+  for (int i = 0; i < 100; ++i)
+    a->crl_reloaded("n", static_cast<std::uint64_t>(i));
+  CHECK(std::filesystem::file_size(dir / "over.log") <= 4096);
+  CHECK_FALSE(std::filesystem::exists(dir / "over.log.1"));
+  auto e = entries_in(dir / "over.log");
+  REQUIRE_FALSE(e.empty());
+  CHECK(e.back() == 99);
+  CHECK(a->rotations() >= 1);
+
+  auto b = open_rotating(dir / "grow.log", clk, {});
+  for (int i = 0; i < 100; ++i)
+    b->crl_reloaded("n", static_cast<std::uint64_t>(i));
+  CHECK(entries_in(dir / "grow.log").size() == 100);
+  CHECK(b->rotations() == 0);
+  // A bound set later (a reload) applies from the next event.
+  b->set_rotation({4096, 1});
+  b->crl_reloaded("n", 100);
+  CHECK(b->rotations() == 1);
+  CHECK(entries_in(dir / "grow.log") == std::vector<int>{100});
+  CHECK(entries_in(dir / "grow.log.1").size() == 100);
+}
+
+TEST_CASE("an audit log emptied by an external copytruncate is not rotated early", "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  const auto path = dir / "audit.log";
+  auto a = open_rotating(path, clk, {4096, 2});
+  for (int i = 0; i < 20; ++i)
+    a->crl_reloaded("n", static_cast<std::uint64_t>(i));
+  std::filesystem::resize_file(path, 0); // what logrotate's copytruncate does
+  for (int i = 20; i < 40; ++i)
+    a->crl_reloaded("n", static_cast<std::uint64_t>(i));
+  CHECK(a->rotations() == 0);
+  CHECK(entries_in(path).size() == 20);
+}
+
+TEST_CASE("a failed audit log rotation keeps every event in the open file and is tried again a minute later",
+          "[telemetry][audit]") {
+  test::temp_dir dir("audit");
+  util::manual_clock clk(t0);
+  const auto path = dir / "audit.log";
+  // PATH.1 is a directory with something in it: renaming the file onto it fails.
+  std::filesystem::create_directories(audit_log::rotated(path, 1) / "x");
+  auto a = open_rotating(path, clk, {4096, 1});
+  for (int i = 0; i < 80; ++i)
+    a->crl_reloaded("n", static_cast<std::uint64_t>(i));
+  CHECK(a->rotation_failures() == 1); // once, not once per event
+  CHECK(a->rotations() == 0);
+  CHECK(entries_in(path).size() == 80);
+  CHECK(a->write_failures() == 0);
+
+  std::filesystem::remove_all(audit_log::rotated(path, 1));
+  a->crl_reloaded("n", 80);
+  CHECK(a->rotations() == 0); // not before the minute is up
+  clk.advance(61s);
+  a->crl_reloaded("n", 81);
+  CHECK(a->rotations() == 1);
+  CHECK(entries_in(path) == std::vector<int>{81});
+  CHECK(entries_in(audit_log::rotated(path, 1)).size() == 81);
+}
