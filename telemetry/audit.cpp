@@ -327,9 +327,13 @@ boost::system::result<audit_tail, error> read_one_tail(const std::filesystem::pa
 boost::system::result<audit_tail, error> read_audit_tail(const std::filesystem::path& path, std::size_t max_events,
                                                          std::uint64_t max_bytes) {
   auto out = read_one_tail(path, max_events, max_bytes);
-  if (!out || out->events.size() >= max_events) return out;
   std::error_code ec;
   auto older = audit_log::rotated(path, 1);
+  // PATH missing while PATH.1 exists: read between a rotation's rename and
+  // its new file (microseconds), or before the first event after it.
+  if (!out && out.error().code == boost::system::errc::no_such_file_or_directory && std::filesystem::exists(older, ec))
+    return read_one_tail(older, max_events, max_bytes);
+  if (!out || out->events.size() >= max_events) return out;
   if (!std::filesystem::exists(older, ec)) return out;
   auto before = read_one_tail(older, max_events - out->events.size(), max_bytes);
   if (!before) return out; // rotated away meanwhile: the current file's events stand

@@ -289,6 +289,18 @@ TEST_CASE("a size-bounded audit log rotates to PATH.1 .. PATH.keep and loses or 
   auto only_new = read_audit_tail(path, cur.size());
   REQUIRE(only_new.has_value());
   CHECK(only_new->events.front().at("entries").to_number<int>() == cur.front());
+
+  // Read between a rotation's rename and its new file: PATH.1 answers.
+  a.reset();
+  std::filesystem::remove(path);
+  auto between = read_audit_tail(path, 3);
+  REQUIRE(between.has_value());
+  REQUIRE(between->events.size() == 3);
+  CHECK(between->events.back().at("entries").to_number<int>() == prev.back());
+  std::filesystem::remove(audit_log::rotated(path, 1));
+  auto none = read_audit_tail(path, 3);
+  REQUIRE(none.has_error());
+  CHECK_THAT(none.error().message, Contains("audit.log") && Contains("No such file"));
 }
 
 TEST_CASE("concurrent writers across audit log rotations: every event in exactly one file, none torn",
