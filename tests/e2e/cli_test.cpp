@@ -1,6 +1,7 @@
 // The edgerelay command line, run as a user would.
 
 #include "relay/spool.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "util/checksum.hpp"
@@ -23,11 +24,7 @@ test::command_result run(const test::temp_dir& d, std::vector<std::string> args,
   return test::run_edgerelay(d.path(), std::move(args), limit);
 }
 
-std::uint16_t free_port() {
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return a.local_endpoint().port();
-}
+using test::free_port;
 
 } // namespace
 

@@ -3,6 +3,7 @@
 
 #include "relay/http_client.hpp"
 #include "relay/spool.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/toml.hpp"
@@ -25,11 +26,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-std::uint16_t free_port() {
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return a.local_endpoint().port();
-}
+using test::free_port;
 
 using test::q;
 

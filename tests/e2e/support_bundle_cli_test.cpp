@@ -6,6 +6,7 @@
 #include "telemetry/audit.hpp"
 #include "tests/support/node_runner.hpp"
 #include "tests/support/openssl_pki.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -66,11 +67,7 @@ std::string middle_line(const fs::path& pem) {
   return lines[lines.size() / 2];
 }
 
-std::uint16_t free_port() {
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return a.local_endpoint().port();
-}
+using test::free_port;
 
 } // namespace
 
