@@ -136,20 +136,33 @@ node_proc restart_node(const context& ctx, const std::string& name, const std::f
   node_proc n;
   n.name = name;
   n.config = config;
-  auto log = ctx.work / (name + "-" + std::to_string(++log_counter) + ".log");
-  n.proc = child({ctx.exe, "run", "--config", config.string()}, log);
+  std::filesystem::path log;
   std::string line;
-  bool up = wait_until(
-      [&] {
-        auto text = n.proc.log_text();
-        auto at = text.find("node running:");
-        if (at == std::string::npos) return !n.proc.running();
-        line = text.substr(at, text.find('\n', at) - at);
-        return true;
-      },
-      20s, 20ms);
-  if (!up || line.empty())
-    throw scenario_error("node " + name + " did not start (" + log.string() + "): " + tail(n.proc.log_text()));
+  // A restart binds the port its config pins (pin_listen_port). Between the
+  // kill and the restart, a connection of another program may hold that
+  // port as its local one for a moment: the node then exits with "Address
+  // already in use", and starting it again shortly after succeeds.
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  for (;;) {
+    log = ctx.work / (name + "-" + std::to_string(++log_counter) + ".log");
+    n.proc = child({ctx.exe, "run", "--config", config.string()}, log);
+    line.clear();
+    bool up = wait_until(
+        [&] {
+          auto text = n.proc.log_text();
+          auto at = text.find("node running:");
+          if (at == std::string::npos) return !n.proc.running();
+          line = text.substr(at, text.find('\n', at) - at);
+          return true;
+        },
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()), 20ms);
+    if (up && !line.empty()) break;
+    if (!up || n.proc.log_text().find("Address already in use") == std::string::npos ||
+        std::chrono::steady_clock::now() + 200ms >= deadline)
+      throw scenario_error("node " + name + " did not start (" + log.string() + "): " + tail(n.proc.log_text()));
+    n.proc.wait(1s);
+    std::this_thread::sleep_for(200ms);
+  }
   n.admin = address_after(line, "admin");
   n.ingest = address_after(line, "ingest");
   n.listen = address_after(line, "listen");
