@@ -215,6 +215,25 @@ json::object to_json(const reload_report& r) {
       {"applied", arr(r.applied)}, {"restart_required", arr(r.restart_required)}, {"failed", arr(r.failed)}};
 }
 
+// A WebSocket session of the relay protocol on a listener: tracked for
+// certificate re-checks when the client presented one, then served.
+void serve_relay_session(node::impl& n, const char* listener, std::shared_ptr<transport::ws_channel> ch,
+                         const transport::connection_info& who, receiver_role role) {
+  if (who.peer_certs) n.track_session(listener, ch, who);
+  std::make_shared<relay_receiver>(n, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity, role)
+      ->start();
+}
+
+// A connection a listener refused at authentication or authorisation:
+// logged and audited; counted in tls_handshake_failures_total when `counted`
+// (the relay and ingest listeners).
+void listener_refused(node::impl& n, const char* listener, const char* what, bool counted,
+                      const transport::connection_info& who, std::string_view reason, std::string_view detail) {
+  if (counted) n.count_refused(listener, reason);
+  spdlog::warn("{} refused {}: {} ({})", what, who.remote.address().to_string(), reason, detail);
+  n.audit->auth_denied(listener, who.remote.address().to_string(), who.identity, reason, detail);
+}
+
 class ingest_handler final : public transport::http_handler {
 public:
   explicit ingest_handler(node::impl& n) : n_(n) {}
@@ -312,15 +331,10 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
-    if (who.peer_certs) n_.track_session("ingest", ch, who);
-    std::make_shared<relay_receiver>(n_, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity,
-                                     receiver_role::ingest)
-        ->start();
+    serve_relay_session(n_, "ingest", std::move(ch), who, receiver_role::ingest);
   }
   void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
-    n_.count_refused("ingest", reason);
-    spdlog::warn("ingest listener refused {}: {} ({})", who.remote.address().to_string(), reason, detail);
-    n_.audit->auth_denied("ingest", who.remote.address().to_string(), who.identity, reason, detail);
+    listener_refused(n_, "ingest", "ingest listener", true, who, reason, detail);
   }
 
 private:
@@ -338,15 +352,10 @@ public:
     return req.target() == transport::relay_path;
   }
   void on_websocket(std::shared_ptr<transport::ws_channel> ch, const transport::connection_info& who) override {
-    n_.track_session("listen", ch, who);
-    std::make_shared<relay_receiver>(n_, ch, who.identity.empty() ? who.remote.address().to_string() : who.identity,
-                                     receiver_role::relay)
-        ->start();
+    serve_relay_session(n_, "listen", std::move(ch), who, receiver_role::relay);
   }
   void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
-    n_.count_refused("listen", reason);
-    spdlog::warn("relay listener refused {}: {} ({})", who.remote.address().to_string(), reason, detail);
-    n_.audit->auth_denied("listen", who.remote.address().to_string(), who.identity, reason, detail);
+    listener_refused(n_, "listen", "relay listener", true, who, reason, detail);
   }
 
 private:
@@ -357,8 +366,7 @@ class admin_handler final : public transport::http_handler {
 public:
   explicit admin_handler(node::impl& n) : n_(n) {}
   void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
-    spdlog::warn("admin listener refused {}: {} ({})", who.remote.address().to_string(), reason, detail);
-    n_.audit->auth_denied("admin", who.remote.address().to_string(), who.identity, reason, detail);
+    listener_refused(n_, "admin", "admin listener", false, who, reason, detail);
   }
   void on_request(transport::http_request&& req, const transport::connection_info& who,
                   transport::responder r) override {
