@@ -4,6 +4,7 @@
 #include "relay/spool.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
+#include "util/ports.hpp"
 
 #include <boost/json.hpp>
 
@@ -138,10 +139,10 @@ node_proc restart_node(const context& ctx, const std::string& name, const std::f
   n.config = config;
   std::filesystem::path log;
   std::string line;
-  // A restart binds the port its config pins (pin_listen_port). Between the
-  // kill and the restart, a connection of another program may hold that
-  // port as its local one for a moment: the node then exits with "Address
-  // already in use", and starting it again shortly after succeeds.
+  // A restart binds the port its config pins (pinned_address(), below the
+  // ephemeral range). Another program may still hold that port for a
+  // moment (a socket bound to it explicitly): the node then exits with
+  // "Address already in use", and starting it again shortly after succeeds.
   const auto deadline = std::chrono::steady_clock::now() + 20s;
   for (;;) {
     log = ctx.work / (name + "-" + std::to_string(++log_counter) + ".log");
@@ -188,27 +189,14 @@ node_proc start_node(const context& ctx, const std::string& name, const std::str
 
 std::string q(const std::filesystem::path& p) { return json::serialize(json::value(p.string())); }
 
-void pin_listen_port(const node_proc& n) {
-  static constexpr std::string_view any_port = "address = \"127.0.0.1:0\"";
-  std::string text;
-  {
-    std::ifstream in(n.config);
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
-  auto at = text.find(any_port);
-  if (at == std::string::npos || n.listen.empty())
-    throw scenario_error(n.config.string() + ": no relay listener on port 0 to pin");
-  text.replace(at, any_port.size(), "address = \"" + n.listen + "\"");
-  std::ofstream(n.config) << text;
-}
+std::string pinned_address() { return "127.0.0.1:" + std::to_string(util::pick_local_port()); }
 
 std::string hub_toml(const context& ctx, const std::string& id, const std::filesystem::path& spool,
-                     const std::string& listen_extra) {
-  return "[node]\nid = \"" + id + "\"\ndata_dir = " + q(ctx.work / (id + "-data")) +
-         "\n[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(ctx.pki.server_cert) +
-         "\nkey = " + q(ctx.pki.server_key) + "\nca = " + q(ctx.pki.ca_cert) + "\ncrl = " + q(ctx.pki.crl) + "\n" +
-         listen_extra + "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n" +
-         file_peer("spool", spool);
+                     const std::string& listen_extra, const std::string& listen) {
+  return "[node]\nid = \"" + id + "\"\ndata_dir = " + q(ctx.work / (id + "-data")) + "\n[listen]\naddress = \"" +
+         listen + "\"\ncert = " + q(ctx.pki.server_cert) + "\nkey = " + q(ctx.pki.server_key) +
+         "\nca = " + q(ctx.pki.ca_cert) + "\ncrl = " + q(ctx.pki.crl) + "\n" + listen_extra +
+         "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n" + file_peer("spool", spool);
 }
 
 std::string edge_toml(const context& ctx, const std::string& id, const std::string& queue_lines,

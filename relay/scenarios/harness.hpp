@@ -104,16 +104,17 @@ node_proc start_node(const context& ctx, const std::string& name, const std::str
 // Starts the config file as it is now (after a kill or for a restart).
 node_proc restart_node(const context& ctx, const std::string& name, const std::filesystem::path& config);
 
-// Rewrites the node's config so that a restart binds the relay listener to
-// the port it has now (configs use port 0): peers dialling it stay right.
-void pin_listen_port(const node_proc& n);
-
 // TOML fragments. Paths are quoted; every node turns the canary soak off.
 std::string q(const std::filesystem::path& p);
-// A terminal hub: the relay listener (mTLS, dev PKI with CRL) on port 0, the
-// admin API, and one file:// peer "spool" at `spool`.
+// A terminal hub: the relay listener (mTLS, dev PKI with CRL) at `listen`,
+// the admin API, and one file:// peer "spool" at `spool`. A hub that is
+// restarted while an edge dials it needs a fixed address: pinned_address().
 std::string hub_toml(const context& ctx, const std::string& id, const std::filesystem::path& spool,
-                     const std::string& listen_extra = "");
+                     const std::string& listen_extra = "", const std::string& listen = "127.0.0.1:0");
+// "127.0.0.1:<port>" with a port below the kernel's ephemeral range
+// (util::pick_local_port): no connection of another program takes it
+// between a kill and the restart.
+std::string pinned_address();
 // An edge: HTTP ingest on port 0, the admin API, [queue] with `queue_lines`,
 // then `peers` (each a complete [[peer]] table).
 std::string edge_toml(const context& ctx, const std::string& id, const std::string& queue_lines,

@@ -341,10 +341,9 @@ void crash_kill9(context& ctx, telemetry::report& r) {
   r.parameters["segment_bytes"] = "1..4096 (random)";
   r.parameters["sync"] = "full";
   auto spool = ctx.work / "spool";
-  auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool));
-  // The hub is restarted too (second part): it keeps the port it bound, so
+  // The hub is restarted too (second part), on the same address, so that
   // the edge's peer URL stays right.
-  pin_listen_port(hub);
+  auto hub = start_node(ctx, "hub", hub_toml(ctx, "hub", spool, "", pinned_address()));
   const auto hub_config = hub.config;
   auto edge =
       start_node(ctx, "edge",
