@@ -214,8 +214,22 @@ telemetry::evidence_result<telemetry::report> soak_report(std::string_view body,
   if (ec) return bad("", "not JSON: " + ec.message());
   if (!v.is_object()) return bad("", "expected a JSON object");
   auto doc = v.as_object();
-  // The node's record carries three keys beyond the evidence model's soak
-  // record (docs/soak.md); everything else must be exactly the model.
+  // The node's answer carries five keys beyond the evidence model's soak
+  // record (docs/soak.md, "GET /v1/evidence/soak"); everything else must be
+  // exactly the model. "enabled" false means there is no record at all.
+  if (auto* e = doc.if_contains("enabled")) {
+    if (!e->is_bool()) return bad("enabled", "expected true or false");
+    if (!e->as_bool())
+      return bad("enabled", "false: this node runs no canary soak ([evidence] canary_interval = \"0s\"), so there is "
+                            "no soak record to export; export from a node that sends canaries");
+  }
+  json::value verifier;
+  if (auto* w = doc.if_contains("verifier")) {
+    if (!w->is_object()) return bad("verifier", "expected an object");
+    verifier = *w;
+  }
+  doc.erase("enabled");
+  doc.erase("verifier");
   std::optional<std::chrono::system_clock::time_point> started, updated;
   json::value interval;
   for (const char* k : {"started_at", "updated_at"})
@@ -240,6 +254,9 @@ telemetry::evidence_result<telemetry::report> soak_report(std::string_view body,
   r.parameters["source"] = source;
   if (!interval.is_null()) r.parameters["canary_interval_s"] = interval;
   r.soak(*rec);
+  // What this node's verifier counted of the canaries it received from other
+  // nodes: context, not part of Gate D.
+  if (!verifier.is_null()) r.metrics["verifier"] = verifier;
   const auto g = telemetry::gate_d(*rec);
   r.check("rounds", json::object{{"at_least", telemetry::gate_d_min_rounds}}, rec->rounds, g.rounds_ok);
   r.check("clean_delivery_rate", json::object{{"at_least", telemetry::gate_d_min_clean_delivery_rate}},
@@ -270,7 +287,9 @@ int cmd_evidence_export(const std::string& admin, const std::string& out, const 
   const std::string url = base + "/v1/evidence/soak";
   auto reply = http_call("GET", url, {}, std::chrono::seconds(30));
   if (!reply) {
-    std::cerr << "edgerelay evidence export: GET " << url << ": " << reply.error().message << "\n";
+    const auto& why = reply.error().message; // most failures already name the request
+    std::cerr << "edgerelay evidence export: " << (why.starts_with("GET ") ? std::string() : "GET " + url + ": ") << why
+              << "\n";
     return 1;
   }
   if (reply->status != 200) {

@@ -7,7 +7,9 @@
 #include "relay/http_client.hpp"
 #include "relay/node.hpp"
 #include "relay/spool.hpp"
+#include "telemetry/evidence.hpp"
 #include "tests/support/node_runner.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/toml.hpp"
 #include "transport/pki.hpp"
@@ -18,6 +20,7 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <thread>
 
 using namespace edgerelay;
@@ -153,6 +156,31 @@ TEST_CASE("an edge's canary rounds over a live hub are clean, verified at the hu
   CHECK(v.at("lanes").as_array()[0].at("peer") == "hub");
   CHECK(num(f.soak_status(*f.hub).at("canaries_received")) == 12);
   CHECK(num(f.hub->status().at("totals").at("accepted")) == 0);
+
+  // `evidence export` takes a live node's answer as it is: the edge's record
+  // becomes RL-SOAK-01 (FAIL: 3 rounds on a manual clock) with its verifier
+  // in metrics.verifier; the hub runs no soak and has nothing to export.
+  auto ex = test::run_edgerelay(f.dir.path(), {"evidence", "export", "--admin", "http://" + f.edge->address("admin"),
+                                               "--out", (f.dir / "ev").string() + "/"});
+  INFO(ex.out);
+  CHECK(ex.code == 0);
+  CHECK_THAT(ex.out, Contains("RL-SOAK-01 FAIL"));
+  auto er = telemetry::read_report(f.dir / "ev" / "RL-SOAK-01.json");
+  INFO((er ? std::string() : er.error().to_string()));
+  REQUIRE(er.has_value());
+  CHECK(er->status == telemetry::report_status::fail);
+  auto es = telemetry::soak_of(*er);
+  REQUIRE(es.has_value());
+  CHECK(es->rounds == 3);
+  CHECK(es->segments_delivered == 12);
+  CHECK(es->clock == "manual");
+  CHECK(num(er->metrics.at("verifier").at("received")) == 0);
+  ex = test::run_edgerelay(f.dir.path(), {"evidence", "export", "--admin", "http://" + f.hub->address("admin"), "--out",
+                                          (f.dir / "ev-hub").string() + "/"});
+  INFO(ex.out);
+  CHECK(ex.code == 1);
+  CHECK_THAT(ex.out, Contains("enabled: false: this node runs no canary soak"));
+  CHECK_FALSE(std::filesystem::exists(f.dir / "ev-hub" / "RL-SOAK-01.json"));
 
   // Producer data still reaches the spool, and only it.
   auto post = relay::http_call("POST", "http://" + f.edge->address("ingest") + "/v1/streams/data/segments", "hello");

@@ -126,11 +126,14 @@ telemetry::soak_record record(std::uint64_t rounds, std::uint64_t clean, const s
   return s;
 }
 
+// What a node with the soak on answers (docs/soak.md): the record and five more keys.
 std::string node_document(const telemetry::soak_record& s) {
   auto o = telemetry::to_json(s);
   o["started_at"] = "2026-11-20T00:00:00.000Z";
   o["updated_at"] = "2026-11-21T01:00:00.000Z";
   o["interval_s"] = 60;
+  o["enabled"] = true;
+  o["verifier"] = json::object{{"received", 7}, {"gaps", 0}, {"lanes", json::array{}}};
   return json::serialize(o);
 }
 
@@ -157,6 +160,7 @@ TEST_CASE("evidence export writes a node's soak record as RL-SOAK-01.json, PASS 
   CHECK(rep->started_at == *telemetry::parse_rfc3339("2026-11-20T00:00:00Z"));
   CHECK(rep->finished_at == *telemetry::parse_rfc3339("2026-11-21T01:00:00Z"));
   CHECK(rep->parameters.at("canary_interval_s") == 60);
+  CHECK(rep->metrics.at("verifier").at("received") == 7);
 
   // Short of Gate D (too few rounds, and a manual clock): written, but FAIL,
   // with the record's clock in the environment.
@@ -181,6 +185,12 @@ TEST_CASE("evidence export writes a node's soak record as RL-SOAK-01.json, PASS 
   r = test::run_edgerelay(d.path(), {"evidence", "export", "--admin", admin.url(), "--out", (d / "x").string() + "/"});
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("/v1/evidence/soak: rounds"));
+  // A node that runs no soak: no record, so nothing is written.
+  admin.body = R"({"enabled":false,"message":"this node sends no canaries","verifier":{"received":0}})";
+  r = test::run_edgerelay(d.path(), {"evidence", "export", "--admin", admin.url(), "--out", (d / "z").string() + "/"});
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("/v1/evidence/soak: enabled: false: this node runs no canary soak"));
+  CHECK_FALSE(std::filesystem::exists(d / "z" / "RL-SOAK-01.json"));
   admin.status = 404;
   admin.body = R"({"error":"not_found","message":"no such endpoint"})";
   r = test::run_edgerelay(d.path(), {"evidence", "export", "--admin", admin.url(), "--out", (d / "y").string() + "/"});
