@@ -361,7 +361,12 @@ int run_cli(int argc, char** argv) {
   int demo_seconds = 120;
   auto* dm = app.add_subcommand("demo", "A dev PKI, an edge and a hub on loopback over mTLS, traffic, and the result");
   dm->add_option("--dir", demo_dir, "Keep everything in this directory (default: a temporary one, removed after)");
-  dm->add_option("--segments", demo.segments, "How many segments to send")->check(CLI::Range(1u, 10000000u));
+  std::string demo_duration;
+  auto* demo_segments =
+      dm->add_option("--segments", demo.segments, "How many segments to send")->check(CLI::Range(1u, 10000000u));
+  dm->add_option("--duration", demo_duration,
+                 "Send paced traffic (about 200 segments/s) for this long instead, e.g. 30s or 10m (at most 1h)")
+      ->excludes(demo_segments);
   dm->add_option("--timeout", demo_seconds, "Seconds to wait for delivery")->check(CLI::Range(1, 86400));
   dm->add_flag("!--no-progress", demo.progress, "Do not draw progress bars");
 
@@ -510,6 +515,15 @@ int run_cli(int argc, char** argv) {
   if (*dm) {
     if (!demo_dir.empty()) demo.dir = demo_dir;
     demo.timeout = std::chrono::seconds(demo_seconds);
+    if (!demo_duration.empty()) {
+      auto d = util::parse_duration(demo_duration);
+      if (!d || *d < std::chrono::seconds(1) || *d > std::chrono::hours(1)) {
+        std::cerr << "edgerelay demo: --duration " << util::quote(demo_duration) << ": "
+                  << (d ? "must be between 1s and 1h" : d.error().message) << "\n";
+        return 2;
+      }
+      demo.duration = *d;
+    }
     return run_demo(demo);
   }
   if (*sd) {

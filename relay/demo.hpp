@@ -3,7 +3,9 @@
 // an edge node forwarding to it over the relay protocol (WebSocket, mutual
 // TLS), both on loopback; a mixed workload sent to the edge's ingest API;
 // then every segment is checked at the hub's spool (exactly once, checksum
-// right) and the status of both nodes is printed.
+// right), and the status of both nodes and the evidence of the run (the
+// edge's canary soak through the hub, and what the hub's verifier counted)
+// are printed.
 
 #include <chrono>
 #include <filesystem>
@@ -14,6 +16,8 @@ namespace edgerelay::relay {
 struct demo_options {
   std::optional<std::filesystem::path> dir; // default: a temporary directory, removed afterwards
   unsigned segments = 3000;
+  // Instead of `segments`: paced traffic (about 200 segments/s) for this long.
+  std::optional<std::chrono::milliseconds> duration;
   std::chrono::seconds timeout{120};
   bool progress = true;
 };
