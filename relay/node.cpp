@@ -41,7 +41,9 @@ json::object node::impl::status() const {
       if (x.id == pr->id) sp = &x;
     if (!sp) continue;
     auto& c = sp->counters;
-    json::object p = pr->fwd && !pr->removed ? pr->fwd->status() : json::object{{"state", "disabled"}};
+    json::object p = pr->fwd && !pr->removed
+                         ? pr->fwd->status()
+                         : json::object{{"state", "disabled"}, {"last_conn_bytes", 0}, {"last_conn_ms", 0}};
     if (pr->removed) p["last_error"] = "removed from the config by a reload; its queue is kept";
     p["name"] = pr->cfg.name;
     p["url"] = pr->cfg.url;

@@ -251,7 +251,13 @@ public:
     auto what = rest.substr(slash + 1);
     if (!queue::valid_stream_name(stream) || stream == canary_stream) {
       n_.mx.rejected("bad_stream");
-      return r.send_error(400, "bad_stream", "stream \"" + stream + "\" must match [a-z0-9._-]{1,64}");
+      // Names starting with "_" are the node's own (the canary soak's "_canary").
+      const bool reserved = stream.starts_with("_") && queue::valid_stream_name("x" + stream.substr(1));
+      return r.send_error(400, "bad_stream",
+                          "stream \"" + stream + "\" " +
+                              (reserved ? "is reserved: names starting with \"_\" belong to the node (the canary "
+                                          "soak's \"_canary\")"
+                                        : "must match [a-z0-9._-]{1,64} and not start with \"_\""));
     }
     auto peers = n_.route(stream);
     if (peers.empty()) {
@@ -306,9 +312,12 @@ public:
     n_.store->enqueue(
         std::move(segs), [this, rp, body, routes, sname, batch, node_id, count](queue::enqueue_result&& res) {
           if (res.ec) {
+            // 507: full under overflow = "reject"; 429: still full after
+            // block_timeout under "block" (try again later); 503: the store failed.
             unsigned status = res.ec == errc::queue_full ? 507 : res.ec == errc::timeout ? 429 : 503;
-            n_.mx.rejected(status == 503 ? "store_unavailable" : "queue_full", count);
-            return rp->send_error(status, res.ec == errc::queue_full ? "queue_full" : "store_unavailable", res.message);
+            const char* code = status == 503 ? "store_unavailable" : "queue_full";
+            n_.mx.rejected(code, count);
+            return rp->send_error(status, code, res.message);
           }
           json::object o;
           if (batch) {

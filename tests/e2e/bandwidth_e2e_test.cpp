@@ -329,6 +329,9 @@ TEST_CASE("reload adds and removes peers live, reports what needs a restart, and
   CHECK(r->status == 200);
   CHECK_THAT(r->body, Contains("peer local: removed"));
   CHECK(peer_status(*rp.edge, 1).at("state") == "disabled");
+  // Every field of a peer entry is there for a removed peer too.
+  CHECK(peer_status(*rp.edge, 1).contains("last_conn_bytes"));
+  CHECK(peer_status(*rp.edge, 1).contains("last_conn_ms"));
   auto ingest = "http://" + rp.edge->address("ingest");
   auto posted = relay::http_call("POST", ingest + "/v1/streams/keep-2/segments", "x");
   REQUIRE(posted.has_value());
