@@ -1,5 +1,7 @@
 #include "relay/node_impl.hpp"
 
+#include <charconv>
+
 namespace edgerelay::relay {
 
 namespace {
@@ -439,11 +441,18 @@ private:
     if (auto v = param(query, "peer"); !v.empty()) f.peer = v;
     if (auto v = param(query, "stream"); !v.empty()) f.stream = v;
     if (auto v = param(query, "reason"); !v.empty()) f.reason = v;
-    try {
-      if (auto v = param(query, "after"); !v.empty()) f.after_key = std::stoull(v);
-      if (auto v = param(query, "limit"); !v.empty()) f.limit = std::min<std::size_t>(std::stoul(v), 10000);
-    } catch (const std::exception&) {
-      return r.send_error(400, "bad_query", "after and limit must be whole numbers");
+    auto whole = [](const std::string& text, std::uint64_t& out) {
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+      return ec == std::errc() && end == text.data() + text.size();
+    };
+    std::uint64_t n = 0;
+    if (auto v = param(query, "after"); !v.empty()) {
+      if (!whole(v, n)) return r.send_error(400, "bad_query", "after=" + v + ": not a whole number (a next_after)");
+      f.after_key = n;
+    }
+    if (auto v = param(query, "limit"); !v.empty()) {
+      if (!whole(v, n) || n == 0) return r.send_error(400, "bad_query", "limit=" + v + ": not a whole number from 1");
+      f.limit = static_cast<std::size_t>(std::min<std::uint64_t>(n, 10000));
     }
     auto page = n_.store->deadletter_list(f);
     if (!page) return r.send_error(503, "store_unavailable", page.error().message());
@@ -487,14 +496,34 @@ private:
                           "the body must be a JSON object: {\"ids\": [...]}, {\"all\": true} or "
                           "{\"older_than_s\": N}, optionally with \"peer\"");
     auto& o = v.as_object();
+    // Strict: a field this does not understand, or of the wrong type, is
+    // refused before anything is touched. Ignoring it could widen what the
+    // operation selects (a "peer" that is not a string would mean every peer).
+    auto bad = [&](const std::string& why) { return r.send_error(400, "bad_body", why); };
+    for (auto& [k, val] : o)
+      if (k != "ids" && k != "all" && k != "older_than_s" && k != "peer")
+        return bad("unknown field \"" + std::string(k) + "\" (use ids, all, older_than_s, peer)");
     queue::deadletter_selector sel;
-    if (auto* ids = o.if_contains("ids"); ids && ids->is_array())
-      for (auto& id : ids->as_array())
-        if (id.is_string()) sel.ids.emplace_back(id.as_string());
-    if (auto* all = o.if_contains("all"); all && all->is_bool()) sel.all = all->as_bool();
-    if (auto* old = o.if_contains("older_than_s"); old && old->is_number())
+    if (auto* ids = o.if_contains("ids")) {
+      if (!ids->is_array()) return bad("ids must be an array of segment ids (strings)");
+      for (auto& id : ids->as_array()) {
+        if (!id.is_string()) return bad("ids must be an array of segment ids (strings), not " + json_str(id));
+        sel.ids.emplace_back(id.as_string());
+      }
+    }
+    if (auto* all = o.if_contains("all")) {
+      if (!all->is_bool()) return bad("all must be true or false");
+      sel.all = all->as_bool();
+    }
+    if (auto* old = o.if_contains("older_than_s")) {
+      if (!old->is_number() || old->to_number<double>() < 0 || !std::isfinite(old->to_number<double>()))
+        return bad("older_than_s must be a number of seconds, 0 or more");
       sel.older_than = std::chrono::milliseconds(static_cast<std::int64_t>(old->to_number<double>() * 1000));
-    if (auto* p = o.if_contains("peer"); p && p->is_string()) sel.peer = std::string(p->as_string());
+    }
+    if (auto* p = o.if_contains("peer")) {
+      if (!p->is_string() || p->as_string().empty()) return bad("peer must be a peer's name");
+      sel.peer = std::string(p->as_string());
+    }
     auto rp = std::make_shared<transport::responder>(std::move(r));
     auto filter = std::make_shared<json::object>(o);
     telemetry::audit_actor actor{who.remote.address().to_string(), who.identity};

@@ -1,7 +1,10 @@
-// The HTTP ingest API's answers (docs/ingest.md): what a producer gets for
-// a stored segment, a bad or reserved stream, a segment too large, and a
-// full queue under `overflow = "reject"` (507) and `"block"` (429 after
-// block_timeout), each with its error code and counted under the same reason.
+// The HTTP APIs' answers to producers and operators:
+// - ingest (docs/ingest.md): a stored segment, a bad or reserved stream, a
+//   segment too large, and a full queue under `overflow = "reject"` (507) and
+//   `"block"` (429 after block_timeout), each with its error code and counted
+//   under the same reason;
+// - the admin API's dead-letter operations (docs/operations.md): a body it
+//   does not understand is refused before anything is touched.
 
 #include "relay/config.hpp"
 #include "relay/http_client.hpp"
@@ -21,13 +24,13 @@ namespace json = boost::json;
 namespace {
 
 // An edge whose only peer never answers (nothing is delivered, the queue
-// fills) with a 64 KiB queue.
+// fills) with a 64 KiB queue and `queue_lines`.
 std::unique_ptr<relay::node> start_edge(const test::temp_dir& dir, const std::string& name,
-                                        const std::string& overflow_lines) {
+                                        const std::string& queue_lines) {
   auto pki = transport::pki_init(dir / (name + "-pki"));
   REQUIRE(pki.has_value());
   std::string toml = "[node]\nid = \"" + name + "\"\ndata_dir = " + test::q(dir / name) +
-                     "\n[queue]\nmax_bytes = \"64KiB\"\nmax_segment_bytes = \"16KiB\"\n" + overflow_lines +
+                     "\n[queue]\nmax_bytes = \"64KiB\"\nmax_segment_bytes = \"16KiB\"\n" + queue_lines +
                      "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
                      "[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"up\"\n"
                      "url = \"wss://127.0.0.1:1/v1/relay\"\nserver_name = \"localhost\"\ncert = " +
@@ -113,4 +116,64 @@ TEST_CASE("HTTP ingest answers 201, 400 for a bad or reserved stream, 404, 413, 
   CHECK(rejected(*blocking, "queue_full") == 1);
   CHECK(rejected(*blocking, "store_unavailable") == 0);
   blocking->stop();
+}
+
+TEST_CASE("dead-letter retry and purge refuse a body they do not fully understand, and leave the dead letters alone",
+          "[e2e][deadletter]") {
+  test::temp_dir dir("admin-deadletter");
+  auto edge = start_edge(dir, "dl",
+                         "max_retry = 1\nretry_backoff = {initial = \"10ms\", max = \"20ms\", multiplier = 2.0, "
+                         "jitter = 0.0}");
+  const std::string ingest = "http://" + edge->address("ingest"), admin = "http://" + edge->address("admin");
+  for (int i = 0; i < 2; ++i)
+    REQUIRE(relay::http_call("POST", ingest + "/v1/streams/data/segments", "x")->status == 201);
+  auto dead = [&] { return edge->status().at("totals").at("deadletter").to_number<std::int64_t>(); };
+  REQUIRE(test::eventually([&] { return dead() == 2; }));
+
+  // Each of these used to be read as something else (a field of the wrong
+  // type or an unknown one was skipped): "peer": 5 purged every peer's.
+  const char* refused[][2] = {
+      {R"({"all": true, "peer": 5})", "peer must be a peer's name"},
+      {R"({"all": true, "peer": ""})", "peer must be a peer's name"},
+      {R"({"all": "yes"})", "all must be true or false"},
+      {R"({"ids": "dl:1"})", "ids must be an array"},
+      {R"({"ids": ["dl:1", 2]})", "not 2"},
+      {R"({"older_than_s": "1h"})", "older_than_s must be a number"},
+      {R"({"older_than_s": -5})", "older_than_s must be a number"},
+      {R"({"all": true, "peers": "up"})", R"(unknown field \"peers\")"},
+      {R"([1, 2])", "the body must be a JSON object"},
+  };
+  for (auto& [body, why] : refused) {
+    for (const char* op : {"purge", "retry"}) {
+      INFO(op << " " << body);
+      auto r = relay::http_call("POST", admin + "/v1/deadletter/" + op, body);
+      REQUIRE(r.has_value());
+      CHECK(r->status == 400);
+      CHECK(error_code(*r) == "bad_body");
+      CHECK_THAT(r->body, Contains(why));
+    }
+  }
+  CHECK(dead() == 2);
+
+  // The listing's paging parameters are whole numbers too.
+  for (const char* q : {"limit=0", "limit=10abc", "limit=-1", "after=x"}) {
+    INFO(q);
+    auto r = relay::http_call("GET", admin + "/v1/deadletter?" + std::string(q));
+    REQUIRE(r.has_value());
+    CHECK(r->status == 400);
+    CHECK(error_code(*r) == "bad_query");
+  }
+  auto listed = relay::http_call("GET", admin + "/v1/deadletter?limit=1");
+  REQUIRE(listed->status == 200);
+  auto page = json::parse(listed->body).as_object();
+  CHECK(page.at("entries").as_array().size() == 1);
+  CHECK(page.contains("next_after"));
+
+  // A body that says what it means still works.
+  auto r = relay::http_call("POST", admin + "/v1/deadletter/purge", R"({"all": true, "peer": "up"})");
+  REQUIRE(r.has_value());
+  CHECK(r->status == 200);
+  CHECK_THAT(r->body, Contains("\"purged\":2"));
+  CHECK(dead() == 0);
+  edge->stop();
 }
