@@ -290,8 +290,8 @@ public:
     if (!v->is_string()) return wrong(key, "a string", *v);
     return std::string(v->as_string());
   }
-  std::optional<bool> boolean(std::string_view key) {
-    const auto* v = get(key, true);
+  std::optional<bool> boolean(std::string_view key, bool required = true) {
+    const auto* v = get(key, required);
     if (!v) return std::nullopt;
     if (!v->is_bool()) return wrong(key, "a boolean", *v);
     return v->as_bool();
@@ -363,7 +363,10 @@ std::optional<soak_record> read_soak(read_state& st, const json::value& v, const
   auto clock = o.string("clock");
   object_reader g(st, o.get("gate_d", true), o.field("gate_d"));
   auto rounds_ok = g.boolean("rounds_ok"), rate_ok = g.boolean("rate_ok"), loss_ok = g.boolean("loss_ok"),
-       clock_ok = g.boolean("clock_ok"), overall = g.boolean("overall");
+       overall = g.boolean("overall");
+  // clock_ok is this project's addition to DESIGN §8's three flags: a record
+  // written without it (DESIGN's shape) is read with the computed value.
+  auto clock_ok = g.boolean("clock_ok", false);
   g.done();
   o.done();
   if (st.err) return std::nullopt;
@@ -390,7 +393,7 @@ std::optional<soak_record> read_soak(read_state& st, const json::value& v, const
   const auto want = gate_d(s);
   const std::pair<const char*, std::pair<bool, bool>> flags[] = {
       {"rounds_ok", {*rounds_ok, want.rounds_ok}}, {"rate_ok", {*rate_ok, want.rate_ok}},
-      {"loss_ok", {*loss_ok, want.loss_ok}},       {"clock_ok", {*clock_ok, want.clock_ok}},
+      {"loss_ok", {*loss_ok, want.loss_ok}},       {"clock_ok", {clock_ok.value_or(want.clock_ok), want.clock_ok}},
       {"overall", {*overall, want.overall}},
   };
   for (const auto& [name, said_want] : flags)

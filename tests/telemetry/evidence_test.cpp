@@ -496,6 +496,18 @@ TEST_CASE("a soak report whose record is missing or lies about itself is malform
   CHECK(soak_edit([](auto& s) { s["latency_ms"].as_object().erase("p99"); }) ==
         f + ": metrics.soak.latency_ms.p99: missing");
   CHECK_THAT(soak_edit([](auto& s) { s["clock"] = "manual"; }), Contains("metrics.soak.gate_d.clock_ok: says true"));
+  // DESIGN §8's gate_d has no clock_ok: such a record is read with the
+  // computed value, and its overall must still be the computed one.
+  auto design_shape =
+      edited(r, [](auto& o) { o["metrics"].as_object()["soak"].as_object()["gate_d"].as_object().erase("clock_ok"); });
+  auto read_back = parse_report(design_shape, f);
+  INFO((read_back ? std::string() : read_back.error().to_string()));
+  REQUIRE(read_back.has_value());
+  CHECK(soak_of(*read_back)->clock == "wall");
+  CHECK(soak_edit([](auto& s) {
+          s["clock"] = "manual";
+          s["gate_d"].as_object().erase("clock_ok");
+        }) == f + ": metrics.soak.gate_d.overall: says true but the record gives false");
   // A record claiming a wall clock inside a manual-clock run.
   CHECK_THAT(error_of(edited(r, [](auto& o) { o["environment"].as_object()["clock"] = "manual"; }), f),
              Contains("metrics.soak.clock: \"wall\", but environment.clock is \"manual\""));
