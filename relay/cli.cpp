@@ -24,6 +24,7 @@
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <fstream>
@@ -205,6 +206,23 @@ int send_ws(const send_options& o, const std::vector<std::string>& payloads, std
 // `count` random payloads of `size` bytes sent in batches.
 int cmd_send(const send_options& o) {
   bool ws = o.url.starts_with("ws://") || o.url.starts_with("wss://");
+  // Options that would be ignored for this URL are refused, so a user never
+  // believes a setting applied that did not.
+  const bool wss = o.url.starts_with("wss://");
+  for (auto [set, name, needs] :
+       {std::tuple{!o.ca.empty(), "--ca", wss}, std::tuple{!o.cert.empty(), "--cert", wss},
+        std::tuple{!o.key.empty(), "--key", wss}, std::tuple{!o.server_name.empty(), "--server-name", wss},
+        std::tuple{o.zstd, "--zstd", ws}})
+    if (set && !needs) {
+      std::cerr << "edgerelay send: " << name << " applies only to a "
+                << (std::string_view(name) == "--zstd" ? "ws:// or wss://" : "wss://") << " URL, not to "
+                << util::quote(o.url) << "\n";
+      return 2;
+    }
+  if (std::error_code fec; !o.file.empty() && o.file != "-" && std::filesystem::is_directory(o.file, fec)) {
+    std::cerr << "edgerelay send: --file " << util::quote(o.file) << " is a directory, not a file\n";
+    return 2;
+  }
   std::string base = o.url;
   while (!base.empty() && base.back() == '/')
     base.pop_back();
@@ -277,12 +295,28 @@ struct dl_options {
   unsigned limit = 100;
 };
 
+// Percent-encodes a query parameter's value (RFC 3986 unreserved kept).
+std::string query_value(std::string_view v) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : v) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
 int cmd_deadletter(const std::string& op, const dl_options& o) {
   if (op == "list") {
     std::string q = "?limit=" + std::to_string(o.limit);
-    if (!o.peer.empty()) q += "&peer=" + o.peer;
-    if (!o.stream.empty()) q += "&stream=" + o.stream;
-    if (!o.reason.empty()) q += "&reason=" + o.reason;
+    if (!o.peer.empty()) q += "&peer=" + query_value(o.peer);
+    if (!o.stream.empty()) q += "&stream=" + query_value(o.stream);
+    if (!o.reason.empty()) q += "&reason=" + query_value(o.reason);
     auto r = http_call("GET", o.admin + "/v1/deadletter" + q);
     if (!r) {
       std::cerr << "edgerelay deadletter: " << r.error().message << "\n";
@@ -400,6 +434,8 @@ int run_cli(int argc, char** argv) {
   cat->add_option("dir", spool_dir, "The spool directory")->required();
   cat->add_flag("--json", as_json, "One JSON object per segment (id, stream, created_at, checksum, payload_base64)");
 
+  const CLI::Validator non_empty_text(
+      [](std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); }, "NON-EMPTY");
   send_options so;
   auto* snd = app.add_subcommand("send", "Send segments to a node's ingest API (producer client and load generator)");
   snd->add_option("--url", so.url,
@@ -407,9 +443,10 @@ int run_cli(int argc, char** argv) {
                   "protocol (fast producers)")
       ->required();
   snd->add_option("--stream", so.stream, "Stream name")->required();
-  snd->add_option("--file", so.file, "Send this file as one segment ('-' or none: standard input)");
-  snd->add_option("--count", so.count, "Send this many generated segments instead");
-  snd->add_option("--size", so.size, "Size of each generated segment, e.g. 1KiB");
+  auto* snd_file = snd->add_option("--file", so.file, "Send this file as one segment ('-' or none: standard input)");
+  auto* snd_count =
+      snd->add_option("--count", so.count, "Send this many generated segments instead")->excludes(snd_file);
+  snd->add_option("--size", so.size, "Size of each generated segment, e.g. 1KiB")->needs(snd_count);
   snd->add_option("--batch", so.batch, "Segments per request (per protocol batch over ws://)")
       ->check(CLI::Range(1u, 100000u));
   snd->add_option("--window", so.window, "ws://: batches in flight before waiting for an ACK")
@@ -426,16 +463,19 @@ int run_cli(int argc, char** argv) {
   auto* dl_list = dl->add_subcommand("list", "List dead-lettered segments");
   auto* dl_retry = dl->add_subcommand("retry", "Put dead-lettered segments back in their peer's queue");
   auto* dl_purge = dl->add_subcommand("purge", "Delete dead-lettered segments");
+  // An empty value (an unset variable in a script) must not drop the filter
+  // and widen the operation to every peer.
+  const CLI::Validator& non_empty = non_empty_text;
   for (auto* c : {dl_list, dl_retry, dl_purge}) {
     c->add_option("--admin", dlo.admin, "Admin API URL");
-    c->add_option("--peer", dlo.peer, "Only this peer's entries");
+    c->add_option("--peer", dlo.peer, "Only this peer's entries")->check(non_empty);
   }
-  dl_list->add_option("--stream", dlo.stream, "Only this stream");
-  dl_list->add_option("--reason", dlo.reason, "Only this reason (max_retry, rejected:...)");
-  dl_list->add_option("--limit", dlo.limit, "At most this many");
+  dl_list->add_option("--stream", dlo.stream, "Only this stream")->check(non_empty);
+  dl_list->add_option("--reason", dlo.reason, "Only this reason (max_retry, rejected:...)")->check(non_empty);
+  dl_list->add_option("--limit", dlo.limit, "At most this many (1 to 10000)")->check(CLI::Range(1u, 10000u));
   for (auto* c : {dl_retry, dl_purge}) {
     c->add_flag("--all", dlo.all, "Every entry");
-    c->add_option("--id", dlo.ids, "These segment ids");
+    c->add_option("--id", dlo.ids, "These segment ids")->check(non_empty);
     c->add_option("--older-than", dlo.older_than, "Entries dead-lettered longer ago than this, e.g. 7d");
   }
 
@@ -480,7 +520,8 @@ int run_cli(int argc, char** argv) {
   auto* ev_export = evidence->add_subcommand("export", "Write a node's canary soak record as RL-SOAK-01.json");
   ev_export->add_option("--admin", admin, "Admin API URL of the node")->required();
   ev_export->add_option("--out", evidence_out, "RL-SOAK-01.json, or a folder to write it into")->required();
-  ev_export->add_option("--network", ev_network, "The network the soak's peers used (default: loopback)");
+  ev_export->add_option("--network", ev_network, "The network the soak's peers used (default: loopback)")
+      ->check(non_empty_text);
 
   bench_tiers_options bto;
   std::string bench_out, bench_dir, bench_queue = "256MiB";

@@ -11,6 +11,7 @@
 #include <boost/json.hpp>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <random>
@@ -63,13 +64,35 @@ void print_status(const char* label, const json::object& s) {
 
 } // namespace
 
+std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    if (!fs::is_directory(dir, ec)) return dir.string() + " exists and is not a directory";
+    bool empty = fs::is_empty(dir, ec);
+    if (ec) return "cannot read " + dir.string() + ": " + ec.message();
+    if (!empty && !fs::exists(dir / marker, ec))
+      return dir.string() + " is not empty and was not made by this demo (no " + marker +
+             " in it): name a new or empty directory; nothing was changed";
+    for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec))
+      fs::remove_all(it->path(), ec);
+    if (ec) return "cannot empty " + dir.string() + ": " + ec.message();
+  } else if (!fs::create_directories(dir, ec) || ec) {
+    return "cannot create " + dir.string() + ": " + (ec ? ec.message() : std::string("unknown error"));
+  }
+  std::ofstream(dir / marker) << "made by edgerelay; the next run of the same demo with this --dir empties it\n";
+  return std::nullopt;
+}
+
 int run_demo(const demo_options& o) {
   namespace fs = std::filesystem;
   bool temp = !o.dir;
   fs::path dir = o.dir ? *o.dir : fs::temp_directory_path() / ("edgerelay-demo-" + std::to_string(::getpid()));
   std::error_code ec;
-  fs::remove_all(dir, ec);
-  fs::create_directories(dir);
+  if (auto refused = claim_demo_dir(dir, ".edgerelay-demo")) {
+    std::cerr << "edgerelay demo: --dir: " << *refused << "\n";
+    return 2;
+  }
   auto cleanup = [&] {
     if (temp) fs::remove_all(dir, ec);
   };

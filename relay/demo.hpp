@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <optional>
+#include <string>
 
 namespace edgerelay::relay {
 
@@ -22,6 +23,12 @@ struct demo_options {
   bool progress = true;
 };
 
-int run_demo(const demo_options& o); // 0: every segment delivered exactly once, loss 0
+int run_demo(const demo_options& o); // 0: every segment delivered exactly once, loss 0; 2: --dir refused
+
+// Makes `dir` ready for a demo that owns it: a new or empty directory, or one
+// an earlier run of the same demo made (it holds `marker`), whose contents
+// are then removed. Any other directory is refused, untouched: the message
+// says why. Leaves `marker` in it.
+std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker);
 
 } // namespace edgerelay::relay

@@ -1,6 +1,9 @@
 #include "relay/node_impl.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <initializer_list>
+#include <optional>
 
 namespace edgerelay::relay {
 
@@ -424,33 +427,67 @@ private:
     net::post(n_.admin_io, [r = std::move(r), answer = std::forward<F>(answer)]() mutable { answer(r); });
   }
 
-  static std::string param(std::string_view query, std::string_view key) {
+  // The query's parameters, percent-decoded ("+" is a space); an empty,
+  // repeated or undecodable one is an error, as is one not in `known`.
+  static std::optional<std::string> query_params(std::string_view query, std::initializer_list<std::string_view> known,
+                                                 std::map<std::string, std::string>& out) {
+    auto decode = [](std::string_view in, std::string& to) {
+      for (std::size_t i = 0; i < in.size(); ++i) {
+        if (in[i] == '+') {
+          to += ' ';
+        } else if (in[i] != '%') {
+          to += in[i];
+        } else {
+          unsigned v = 0;
+          if (i + 2 >= in.size()) return false;
+          auto [end, ec] = std::from_chars(in.data() + i + 1, in.data() + i + 3, v, 16);
+          if (ec != std::errc() || end != in.data() + i + 3 || v == 0) return false;
+          to += static_cast<char>(v);
+          i += 2;
+        }
+      }
+      return true;
+    };
     while (!query.empty()) {
       auto amp = query.find('&');
       auto kv = query.substr(0, amp);
+      query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+      if (kv.empty()) continue;
       auto eq = kv.find('=');
-      if (kv.substr(0, eq) == key && eq != std::string_view::npos) return std::string(kv.substr(eq + 1));
-      if (amp == std::string_view::npos) break;
-      query.remove_prefix(amp + 1);
+      std::string k, v;
+      if (!decode(kv.substr(0, eq), k) || (eq != std::string_view::npos && !decode(kv.substr(eq + 1), v)))
+        return "a malformed percent escape in \"" + std::string(kv) + "\"";
+      if (std::find(known.begin(), known.end(), k) == known.end()) {
+        std::string names;
+        for (auto n : known)
+          names += (names.empty() ? "" : ", ") + std::string(n);
+        return "unknown parameter \"" + k + "\" (use " + names + ")";
+      }
+      if (v.empty()) return "parameter \"" + k + "\" has no value";
+      if (!out.emplace(k, v).second) return "parameter \"" + k + "\" is given twice";
     }
-    return {};
+    return std::nullopt;
   }
 
   void list(std::string_view query, transport::responder r) {
+    std::map<std::string, std::string> q;
+    if (auto why = query_params(query, {"peer", "stream", "reason", "after", "limit"}, q))
+      return r.send_error(400, "bad_query", *why);
+    auto param = [&](const char* k) { return q.contains(k) ? q[k] : std::string(); };
     queue::deadletter_filter f;
-    if (auto v = param(query, "peer"); !v.empty()) f.peer = v;
-    if (auto v = param(query, "stream"); !v.empty()) f.stream = v;
-    if (auto v = param(query, "reason"); !v.empty()) f.reason = v;
+    if (auto v = param("peer"); !v.empty()) f.peer = v;
+    if (auto v = param("stream"); !v.empty()) f.stream = v;
+    if (auto v = param("reason"); !v.empty()) f.reason = v;
     auto whole = [](const std::string& text, std::uint64_t& out) {
       auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
       return ec == std::errc() && end == text.data() + text.size();
     };
     std::uint64_t n = 0;
-    if (auto v = param(query, "after"); !v.empty()) {
+    if (auto v = param("after"); !v.empty()) {
       if (!whole(v, n)) return r.send_error(400, "bad_query", "after=" + v + ": not a whole number (a next_after)");
       f.after_key = n;
     }
-    if (auto v = param(query, "limit"); !v.empty()) {
+    if (auto v = param("limit"); !v.empty()) {
       if (!whole(v, n) || n == 0) return r.send_error(400, "bad_query", "limit=" + v + ": not a whole number from 1");
       f.limit = static_cast<std::size_t>(std::min<std::uint64_t>(n, 10000));
     }
@@ -516,8 +553,9 @@ private:
       sel.all = all->as_bool();
     }
     if (auto* old = o.if_contains("older_than_s")) {
-      if (!old->is_number() || old->to_number<double>() < 0 || !std::isfinite(old->to_number<double>()))
-        return bad("older_than_s must be a number of seconds, 0 or more");
+      // At most about 300 years: the milliseconds must fit the clock's arithmetic.
+      if (!old->is_number() || !(old->to_number<double>() >= 0) || old->to_number<double>() > 1e10)
+        return bad("older_than_s must be a number of seconds from 0 to 10000000000");
       sel.older_than = std::chrono::milliseconds(static_cast<std::int64_t>(old->to_number<double>() * 1000));
     }
     if (auto* p = o.if_contains("peer")) {

@@ -1,6 +1,7 @@
 #include "relay/store_demo.hpp"
 
 #include "queue/store.hpp"
+#include "relay/demo.hpp"
 #include "util/checksum.hpp"
 
 #include <atomic>
@@ -84,8 +85,10 @@ int run_store_demo(const store_demo_options& o) {
   bool temp = !o.dir;
   fs::path dir = o.dir ? *o.dir : fs::temp_directory_path() / ("edgerelay-store-demo-" + std::to_string(::getpid()));
   std::error_code ec;
-  fs::remove_all(dir / "main", ec);
-  fs::remove_all(dir / "small", ec);
+  if (auto refused = claim_demo_dir(dir, ".edgerelay-store-demo")) {
+    std::cerr << "edgerelay store-demo: --dir: " << *refused << "\n";
+    return 2;
+  }
   std::cout << "edgerelay store demo: a durable LMDB queue in " << dir.string() << " (sync = full)\n";
   int rc = 0;
   try {

@@ -122,6 +122,10 @@ void redact_walk(ovalue& v, const std::string& path, redacted_config& r) {
 // ------------------------------------------------------------ files and processes
 
 std::string read_file_text(const fs::path& p, std::uint64_t max_tail, std::string* err) {
+  if (std::error_code dec; fs::is_directory(p, dec)) {
+    *err = "cannot read " + p.string() + ": it is a directory, not a file";
+    return {};
+  }
   std::ifstream in(p, std::ios::binary);
   if (!in) {
     *err = "cannot read " + p.string() + ": " + std::strerror(errno);
@@ -314,6 +318,13 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
   // Staging: a private directory next to the output (same file system, so
   // the final rename is atomic), removed at the end whatever happens.
   auto out_abs = fs::absolute(o.out).lexically_normal();
+  // Never replace a file: --out naming the config (or anything else) would
+  // destroy it.
+  if (std::error_code xec; fs::exists(fs::symlink_status(out_abs, xec)))
+    return error{make_error_code(errc::invalid_argument),
+                 "--out " + out_abs.string() +
+                     " already exists: the bundle never replaces a file; remove it or name "
+                     "another"};
   std::random_device rd;
   auto staging = out_abs.parent_path() / (".edgerelay-bundle-" + std::to_string(rd()) + std::to_string(rd()));
   std::error_code ec;

@@ -140,6 +140,7 @@ TEST_CASE("dead-letter retry and purge refuse a body they do not fully understan
       {R"({"ids": ["dl:1", 2]})", "not 2"},
       {R"({"older_than_s": "1h"})", "older_than_s must be a number"},
       {R"({"older_than_s": -5})", "older_than_s must be a number"},
+      {R"({"older_than_s": 1e300, "peer": "up"})", "older_than_s must be a number"},
       {R"({"all": true, "peers": "up"})", R"(unknown field \"peers\")"},
       {R"([1, 2])", "the body must be a JSON object"},
   };
@@ -156,13 +157,20 @@ TEST_CASE("dead-letter retry and purge refuse a body they do not fully understan
   CHECK(dead() == 2);
 
   // The listing's paging parameters are whole numbers too.
-  for (const char* q : {"limit=0", "limit=10abc", "limit=-1", "after=x"}) {
+  // The listing's filters and paging parameters: an unknown, empty or
+  // repeated parameter is refused (it would list more than was asked for).
+  for (const char* q : {"limit=0", "limit=10abc", "limit=-1", "after=x", "peers=up", "peer=", "limit=2&limit=3",
+                        "reason=max%5", "reason=%00"}) {
     INFO(q);
     auto r = relay::http_call("GET", admin + "/v1/deadletter?" + std::string(q));
     REQUIRE(r.has_value());
     CHECK(r->status == 400);
     CHECK(error_code(*r) == "bad_query");
   }
+  // Values are percent-decoded: max%5Fretry is max_retry.
+  auto decoded = relay::http_call("GET", admin + "/v1/deadletter?reason=max%5Fretry&peer=up");
+  REQUIRE(decoded->status == 200);
+  CHECK(json::parse(decoded->body).at("entries").as_array().size() == 2);
   auto listed = relay::http_call("GET", admin + "/v1/deadletter?limit=1");
   REQUIRE(listed->status == 200);
   auto page = json::parse(listed->body).as_object();
