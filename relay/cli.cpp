@@ -135,6 +135,18 @@ int cmd_status(const std::string& admin, bool as_json) {
 }
 
 int cmd_spool_cat(const std::string& dir, bool as_json) {
+  // A spool always has a file (the sink opens one when it starts): none
+  // means this is not a spool directory (a node's data_dir, a typo).
+  bool any = false;
+  std::error_code lec;
+  for (auto it = std::filesystem::directory_iterator(dir, lec); !lec && it != std::filesystem::directory_iterator();
+       it.increment(lec))
+    any = any || (it->path().extension() == ".ers" && it->path().filename().string().starts_with("spool-"));
+  if (!lec && !any) {
+    std::cerr << "edgerelay spool cat: " << util::quote(dir)
+              << " holds no spool files (spool-<16 hex digits>.ers): not a file:// peer's spool directory\n";
+    return 1;
+  }
   auto n = read_spool(dir, [&](const spool_record& r) {
     if (as_json) {
       boost::json::object o{{"id", r.id},

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <climits>
 #include <cstdio>
 #include <cstring>
@@ -33,14 +34,22 @@ std::filesystem::path file_for(const std::filesystem::path& dir, std::uint64_t s
   return dir / name;
 }
 
-std::vector<std::pair<std::uint64_t, std::filesystem::path>> list_files(const std::filesystem::path& dir) {
+// The spool files of `dir` in order; a name that only looks like one (not
+// 16 hex digits) is not. A directory that cannot be listed is an error, not
+// an empty spool.
+boost::system::result<std::vector<std::pair<std::uint64_t, std::filesystem::path>>, error>
+list_files(const std::filesystem::path& dir) {
   std::vector<std::pair<std::uint64_t, std::filesystem::path>> out;
   std::error_code ec;
-  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    auto n = e.path().filename().string();
-    if (n.size() == 26 && n.rfind("spool-", 0) == 0 && n.substr(22) == ".ers")
-      out.emplace_back(std::stoull(n.substr(6, 16), nullptr, 16), e.path());
+  for (auto it = std::filesystem::directory_iterator(dir, ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
+    auto n = it->path().filename().string();
+    std::uint64_t seq = 0;
+    if (n.size() != 26 || n.rfind("spool-", 0) != 0 || n.substr(22) != ".ers") continue;
+    auto [end, fec] = std::from_chars(n.data() + 6, n.data() + 22, seq, 16);
+    if (fec == std::errc() && end == n.data() + 22) out.emplace_back(seq, it->path());
   }
+  if (ec) return io_error("cannot list the spool directory " + dir.string(), ec.value());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -126,7 +135,9 @@ spool_writer::open(const std::filesystem::path& dir, std::uint64_t rotate_bytes,
   std::unique_ptr<spool_writer> w(new spool_writer());
   w->dir_ = dir;
   w->rotate_ = rotate_bytes;
-  auto files = list_files(dir);
+  auto listed = list_files(dir);
+  if (!listed) return listed.error();
+  auto& files = *listed;
   // The ids of the last records already in the spool: a crash between a
   // batch's fsync and its acknowledgement leaves those segments queued, and
   // the sink must not write them twice (see recent_ids()). Each append goes
@@ -297,7 +308,9 @@ boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::pa
   if (!std::filesystem::is_directory(dir))
     return error{make_error_code(errc::not_found), dir.string() + " is not a spool directory"};
   std::uint64_t n = 0;
-  for (auto& [seq, path] : list_files(dir)) {
+  auto files = list_files(dir);
+  if (!files) return files.error();
+  for (auto& [seq, path] : *files) {
     auto more = read_file(path, n, visit);
     if (!more) return more.error();
     if (!*more) return n;

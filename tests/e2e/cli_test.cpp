@@ -69,6 +69,17 @@ TEST_CASE("spool cat prints each segment, as JSON with the payload in base64", "
                         Contains(R"("created_at":1700000000000)") && Contains(R"("stream":"s1")"));
   auto missing = run(d, {"spool", "cat", (d / "nope").string()});
   CHECK(missing.code == 1);
+  // A directory without spool files (a node's data_dir, a typo) is not an
+  // empty spool; a name that only looks like a spool file is not one.
+  std::filesystem::create_directories(d / "not-a-spool");
+  std::ofstream(d / "not-a-spool" / "data.mdb") << "x";
+  std::ofstream(d / "spool" / "spool-zzzzzzzzzzzzzzzz.ers") << "x";
+  auto empty = run(d, {"spool", "cat", (d / "not-a-spool").string()});
+  CHECK(empty.code == 1);
+  CHECK_THAT(empty.out, Contains("holds no spool files"));
+  r = run(d, {"spool", "cat", (d / "spool").string()});
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Contains("e:1\ts1\t5 bytes"));
 }
 
 TEST_CASE("send, status and deadletter list/purge work against a running node", "[cli]") {
