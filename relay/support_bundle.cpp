@@ -389,6 +389,10 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
     if (ep.host == "::") ep.host = "::1";
     admin = (cfg->admin.tls ? "https://" : "http://") + ep.to_string();
   }
+  // A config was given but cannot be read: its node's admin address is
+  // unknown, and the default one may be another node's on this host, whose
+  // status would then be bundled as this node's. Ask for --admin instead.
+  const bool admin_unknown = admin.empty() && o.config && !cfg;
   if (admin.empty()) admin = "http://127.0.0.1:9310";
   while (!admin.empty() && admin.back() == '/')
     admin.pop_back();
@@ -399,6 +403,12 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
            "the admin API at " + admin +
                " requires mTLS, which support-bundle does not speak; use curl with a client "
                "certificate");
+      return;
+    }
+    if (admin_unknown) {
+      item(name, false,
+           "not collected: the config is invalid (config/check.txt), so this node's admin address is unknown; "
+           "run again with --admin URL");
       return;
     }
     if (!admin_up) {

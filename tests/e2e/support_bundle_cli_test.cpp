@@ -180,4 +180,15 @@ TEST_CASE("support-bundle needs --out and reports an unwritable destination", "[
                                      (d / "no" / "such" / "dir" / "b.tar.gz").string()});
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("no/such/dir"));
+
+  // An invalid config: its admin address is unknown, so no guess (the
+  // default address may be another node's) is queried.
+  const auto bad = d / "bad.toml";
+  std::ofstream(bad) << "[node]\nid = \"n\"\ndata_dir = \"/tmp\"\ntypo = 1\n";
+  r = test::run_edgerelay(d.path(), {"support-bundle", "--no-journal", "--config", bad.string(), "--out",
+                                     (d / "b.tar.gz").string()});
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK_THAT(r.out, Contains("the config is invalid (config/check.txt), so this node's admin address is unknown"));
+  CHECK_THAT(r.out, !Contains("127.0.0.1:9310"));
 }
