@@ -11,17 +11,9 @@
 #include <iterator>
 
 using namespace edgerelay;
+using test::slurp;
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
-
-namespace {
-
-std::string slurp(const std::filesystem::path& f) {
-  std::ifstream in(f);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-} // namespace
 
 TEST_CASE("bench tiers --quick delivers every segment of T1 and T3 exactly once and writes the JSON report",
           "[e2e][bench]") {

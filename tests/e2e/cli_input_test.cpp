@@ -10,17 +10,9 @@
 #include <fstream>
 
 using namespace edgerelay;
+using test::slurp;
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
-
-namespace {
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
-} // namespace
 
 TEST_CASE("demo and store-demo refuse a --dir they did not make and leave it untouched, and reuse their own",
           "[e2e][cli][demo]") {

@@ -12,6 +12,7 @@
 #include <iterator>
 
 using namespace edgerelay;
+using test::slurp;
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 
@@ -19,11 +20,6 @@ namespace {
 
 test::command_result run(const test::temp_dir& d, std::vector<std::string> args, std::chrono::seconds limit = 30s) {
   return test::run_edgerelay(d.path(), std::move(args), limit);
-}
-
-std::string slurp(const std::filesystem::path& f) {
-  std::ifstream in(f);
-  return {std::istreambuf_iterator<char>(in), {}};
 }
 
 } // namespace

@@ -14,6 +14,7 @@
 
 using namespace edgerelay;
 using test::eventually;
+using test::slurp;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 using Catch::Matchers::Contains;
@@ -21,11 +22,6 @@ using Catch::Matchers::Contains;
 namespace {
 
 using test::q;
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
 
 void write_file(const std::filesystem::path& p, const std::string& s) { std::ofstream(p, std::ios::trunc) << s; }
 

@@ -22,6 +22,7 @@
 
 using namespace edgerelay;
 using test::eventually;
+using test::slurp;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 namespace json = boost::json;
@@ -32,11 +33,6 @@ namespace {
 const test::openssl_pki& pki() { return test::openssl_pki::shared(); }
 
 std::string q(const fs::path& p) { return "\"" + p.string() + "\""; }
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
 
 void write_file(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::trunc) << s; }
 
@@ -185,8 +181,8 @@ TEST_CASE("support-bundle needs --out and reports an unwritable destination", "[
   // default address may be another node's) is queried.
   const auto bad = d / "bad.toml";
   std::ofstream(bad) << "[node]\nid = \"n\"\ndata_dir = \"/tmp\"\ntypo = 1\n";
-  r = test::run_edgerelay(d.path(), {"support-bundle", "--no-journal", "--config", bad.string(), "--out",
-                                     (d / "b.tar.gz").string()});
+  r = test::run_edgerelay(
+      d.path(), {"support-bundle", "--no-journal", "--config", bad.string(), "--out", (d / "b.tar.gz").string()});
   INFO(r.out);
   CHECK(r.code == 0);
   CHECK_THAT(r.out, Contains("the config is invalid (config/check.txt), so this node's admin address is unknown"));

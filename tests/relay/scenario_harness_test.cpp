@@ -15,18 +15,10 @@
 #include <thread>
 
 using namespace edgerelay;
+using test::slurp;
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 namespace sc = edgerelay::relay::scenarios;
-
-namespace {
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-} // namespace
 
 TEST_CASE("restart_node starts a node again when its pinned port is held for a moment, and fails at once otherwise",
           "[evidence][harness]") {

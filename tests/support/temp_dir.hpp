@@ -1,8 +1,10 @@
 #pragma once
 // A fresh directory under the system temp dir, removed with everything in it
-// when the object goes out of scope.
+// when the object goes out of scope; and slurp(), a whole file as a string.
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 
@@ -28,5 +30,11 @@ public:
 private:
   std::filesystem::path path_;
 };
+
+// The whole file (empty when it cannot be read).
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
 
 } // namespace edgerelay::test

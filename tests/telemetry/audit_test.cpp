@@ -13,6 +13,7 @@
 #include <thread>
 
 using namespace edgerelay;
+using test::slurp;
 using namespace edgerelay::telemetry;
 using namespace std::chrono;
 using Catch::Matchers::Contains;
@@ -21,11 +22,6 @@ namespace json = boost::json;
 namespace {
 
 const auto t0 = sys_days{year{2026} / 11 / 23} + hours{15} + minutes{40} + seconds{1} + milliseconds{250};
-
-std::string slurp(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
 
 std::vector<json::object> events_in(const std::filesystem::path& p) {
   std::vector<json::object> out;
