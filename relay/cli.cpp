@@ -141,7 +141,7 @@ int cmd_spool_cat(const std::string& dir, bool as_json) {
   std::error_code lec;
   for (auto it = std::filesystem::directory_iterator(dir, lec); !lec && it != std::filesystem::directory_iterator();
        it.increment(lec))
-    any = any || (it->path().extension() == ".ers" && it->path().filename().string().starts_with("spool-"));
+    any = any || is_spool_file_name(it->path().filename().string());
   if (!lec && !any) {
     std::cerr << "edgerelay spool cat: " << util::quote(dir)
               << " holds no spool files (spool-<16 hex digits>.ers): not a file:// peer's spool directory\n";
@@ -173,6 +173,7 @@ struct send_options {
   unsigned count = 0, batch = 100, window = 8;
   std::string ca, cert, key, server_name; // wss://
   bool zstd = false;
+  bool window_set = false; // --window given (it applies to ws:// and wss:// only)
 };
 
 // The WebSocket producer path (ws:// or wss://): the relay protocol on the
@@ -224,11 +225,12 @@ int cmd_send(const send_options& o) {
   for (auto [set, name, needs] :
        {std::tuple{!o.ca.empty(), "--ca", wss}, std::tuple{!o.cert.empty(), "--cert", wss},
         std::tuple{!o.key.empty(), "--key", wss}, std::tuple{!o.server_name.empty(), "--server-name", wss},
-        std::tuple{o.zstd, "--zstd", ws}})
+        std::tuple{o.zstd, "--zstd", ws}, std::tuple{o.window_set, "--window", ws}})
     if (set && !needs) {
       std::cerr << "edgerelay send: " << name << " applies only to a "
-                << (std::string_view(name) == "--zstd" ? "ws:// or wss://" : "wss://") << " URL, not to "
-                << util::quote(o.url) << "\n";
+                << (std::string_view(name) == "--zstd" || std::string_view(name) == "--window" ? "ws:// or wss://"
+                                                                                               : "wss://")
+                << " URL, not to " << util::quote(o.url) << "\n";
       return 2;
     }
   if (std::error_code fec; !o.file.empty() && o.file != "-" && std::filesystem::is_directory(o.file, fec)) {
@@ -406,7 +408,9 @@ int run_cli(int argc, char** argv) {
   std::string demo_dir;
   int demo_seconds = 120;
   auto* dm = app.add_subcommand("demo", "A dev PKI, an edge and a hub on loopback over mTLS, traffic, and the result");
-  dm->add_option("--dir", demo_dir, "Keep everything in this directory (default: a temporary one, removed after)");
+  dm->add_option("--dir", demo_dir,
+                 "Keep everything in this directory: a new or empty one, or an earlier demo's, which is emptied "
+                 "(default: a temporary one, removed after)");
   std::string demo_duration;
   auto* demo_segments =
       dm->add_option("--segments", demo.segments, "How many segments to send")->check(CLI::Range(1u, 10000000u));
@@ -419,7 +423,9 @@ int run_cli(int argc, char** argv) {
   store_demo_options sdemo;
   std::string sdemo_dir;
   auto* sd = app.add_subcommand("store-demo", "Exercise the durable queue alone and print its accounting");
-  sd->add_option("--dir", sdemo_dir, "Keep the store in this directory (default: a temporary one, removed after)");
+  sd->add_option("--dir", sdemo_dir,
+                 "Keep the store in this directory: a new or empty one, or an earlier store-demo's, which is "
+                 "emptied (default: a temporary one, removed after)");
   sd->add_option("--segments", sdemo.segments, "How many segments the producers send")
       ->check(CLI::Range(16u, 10000000u));
   sd->add_option("--producers", sdemo.producers, "Concurrent producer threads")->check(CLI::Range(1u, 256u));
@@ -484,7 +490,8 @@ int run_cli(int argc, char** argv) {
   }
   dl_list->add_option("--stream", dlo.stream, "Only this stream")->check(non_empty);
   dl_list->add_option("--reason", dlo.reason, "Only this reason (max_retry, rejected:...)")->check(non_empty);
-  dl_list->add_option("--limit", dlo.limit, "At most this many (1 to 10000)")->check(CLI::Range(1u, 10000u));
+  dl_list->add_option("--limit", dlo.limit, "At most this many (the node lists at most 10000 per call)")
+      ->check(CLI::Range(1u, std::numeric_limits<unsigned>::max()));
   for (auto* c : {dl_retry, dl_purge}) {
     c->add_flag("--all", dlo.all, "Every entry");
     c->add_option("--id", dlo.ids, "These segment ids")->check(non_empty);
@@ -595,7 +602,10 @@ int run_cli(int argc, char** argv) {
     return 0;
   }
   if (*st) return cmd_status(admin, as_json);
-  if (*snd) return cmd_send(so);
+  if (*snd) {
+    so.window_set = snd->count("--window") > 0;
+    return cmd_send(so);
+  }
   if (*dl_list) return cmd_deadletter("list", dlo);
   if (*dl_retry) return cmd_deadletter("retry", dlo);
   if (*dl_purge) return cmd_deadletter("purge", dlo);

@@ -10,7 +10,10 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -64,34 +67,51 @@ void print_status(const char* label, const json::object& s) {
 
 } // namespace
 
-std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker) {
+std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker,
+                                          std::initializer_list<std::string_view> own) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (fs::exists(dir, ec)) {
-    if (!fs::is_directory(dir, ec)) return dir.string() + " exists and is not a directory";
-    bool empty = fs::is_empty(dir, ec);
+  if (fs::exists(fs::symlink_status(dir, ec))) {
+    if (!fs::is_directory(fs::symlink_status(dir, ec))) return dir.string() + " exists and is not a directory";
+    bool ours = fs::exists(dir / marker, ec), only_own = true;
+    for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec))
+      only_own = only_own && std::find(own.begin(), own.end(), it->path().filename().string()) != own.end();
     if (ec) return "cannot read " + dir.string() + ": " + ec.message();
-    if (!empty && !fs::exists(dir / marker, ec))
+    if (!ours && !only_own)
       return dir.string() + " is not empty and was not made by this demo (no " + marker +
              " in it): name a new or empty directory; nothing was changed";
+    // The marker stays until the rest is gone: a run stopped half-way can
+    // still be repeated.
     for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec))
-      fs::remove_all(it->path(), ec);
+      if (it->path().filename() != marker) fs::remove_all(it->path(), ec);
     if (ec) return "cannot empty " + dir.string() + ": " + ec.message();
   } else if (!fs::create_directories(dir, ec) || ec) {
     return "cannot create " + dir.string() + ": " + (ec ? ec.message() : std::string("unknown error"));
   }
-  std::ofstream(dir / marker) << "made by edgerelay; the next run of the same demo with this --dir empties it\n";
+  std::ofstream m(dir / marker);
+  m << "made by edgerelay; the next run of the same demo with this --dir empties it\n";
+  if (!m.flush()) return "cannot write " + (dir / marker).string();
   return std::nullopt;
 }
 
 int run_demo(const demo_options& o) {
   namespace fs = std::filesystem;
   bool temp = !o.dir;
-  fs::path dir = o.dir ? *o.dir : fs::temp_directory_path() / ("edgerelay-demo-" + std::to_string(::getpid()));
+  fs::path dir;
   std::error_code ec;
-  if (auto refused = claim_demo_dir(dir, ".edgerelay-demo")) {
-    std::cerr << "edgerelay demo: --dir: " << *refused << "\n";
-    return 2;
+  if (o.dir) {
+    dir = *o.dir;
+    if (auto refused = claim_demo_dir(dir, ".edgerelay-demo", {"pki", "hub", "edge", "hub.toml", "edge.toml"})) {
+      std::cerr << "edgerelay demo: --dir: " << *refused << "\n";
+      return 2;
+    }
+  } else {
+    std::string tmpl = (fs::temp_directory_path() / "edgerelay-demo-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) {
+      std::cerr << "edgerelay demo: cannot create a temporary directory: " << std::strerror(errno) << "\n";
+      return 1;
+    }
+    dir = tmpl;
   }
   auto cleanup = [&] {
     if (temp) fs::remove_all(dir, ec);
@@ -114,6 +134,7 @@ int run_demo(const demo_options& o) {
                                "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = "
                                "\"spool\"\nurl = \"file://" +
                                (dir / "hub" / "spool").string() + "\"\n";
+  std::ofstream(dir / "hub.toml") << hub_toml; // to read, or to start by hand (see README)
   auto hub = start_node(hub_toml, "hub.toml", dir);
   if (!hub) {
     std::cerr << "demo: hub did not start: " << hub.error() << "\n";
@@ -132,6 +153,7 @@ int run_demo(const demo_options& o) {
       // The canary soak, one round a second through the hub (which verifies
       // the canaries and keeps them out of its spool): the evidence below.
       "[evidence]\ncanary_interval = \"1s\"\n";
+  std::ofstream(dir / "edge.toml") << edge_toml;
   auto edge = start_node(edge_toml, "edge.toml", dir);
   if (!edge) {
     std::cerr << "demo: edge did not start: " << edge.error() << "\n";

@@ -9,8 +9,10 @@
 
 #include <chrono>
 #include <filesystem>
+#include <initializer_list>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace edgerelay::relay {
 
@@ -26,9 +28,11 @@ struct demo_options {
 int run_demo(const demo_options& o); // 0: every segment delivered exactly once, loss 0; 2: --dir refused
 
 // Makes `dir` ready for a demo that owns it: a new or empty directory, or one
-// an earlier run of the same demo made (it holds `marker`), whose contents
-// are then removed. Any other directory is refused, untouched: the message
-// says why. Leaves `marker` in it.
-std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker);
+// an earlier run of the same demo made (it holds `marker`, or, from before
+// markers, nothing but entries named in `own`), whose contents are then
+// removed. Any other directory is refused, untouched: the message says why.
+// Leaves `marker` in it.
+std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker,
+                                          std::initializer_list<std::string_view> own);
 
 } // namespace edgerelay::relay

@@ -542,24 +542,24 @@ private:
         return bad("unknown field \"" + std::string(k) + "\" (use ids, all, older_than_s, peer)");
     queue::deadletter_selector sel;
     if (auto* ids = o.if_contains("ids")) {
-      if (!ids->is_array()) return bad("ids must be an array of segment ids (strings)");
+      if (!ids->is_array()) return bad("ids must be an array of segment ids (strings), not " + json_str(*ids));
       for (auto& id : ids->as_array()) {
         if (!id.is_string()) return bad("ids must be an array of segment ids (strings), not " + json_str(id));
         sel.ids.emplace_back(id.as_string());
       }
     }
     if (auto* all = o.if_contains("all")) {
-      if (!all->is_bool()) return bad("all must be true or false");
+      if (!all->is_bool()) return bad("all must be true or false, not " + json_str(*all));
       sel.all = all->as_bool();
     }
     if (auto* old = o.if_contains("older_than_s")) {
       // At most about 300 years: the milliseconds must fit the clock's arithmetic.
       if (!old->is_number() || !(old->to_number<double>() >= 0) || old->to_number<double>() > 1e10)
-        return bad("older_than_s must be a number of seconds from 0 to 10000000000");
+        return bad("older_than_s must be a number of seconds from 0 to 10000000000, not " + json_str(*old));
       sel.older_than = std::chrono::milliseconds(static_cast<std::int64_t>(old->to_number<double>() * 1000));
     }
     if (auto* p = o.if_contains("peer")) {
-      if (!p->is_string() || p->as_string().empty()) return bad("peer must be a peer's name");
+      if (!p->is_string() || p->as_string().empty()) return bad("peer must be a peer's name, not " + json_str(*p));
       sel.peer = std::string(p->as_string());
     }
     auto rp = std::make_shared<transport::responder>(std::move(r));

@@ -4,6 +4,7 @@
 #include "util/checksum.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <climits>
@@ -34,6 +35,16 @@ std::filesystem::path file_for(const std::filesystem::path& dir, std::uint64_t s
   return dir / name;
 }
 
+} // namespace
+
+bool is_spool_file_name(std::string_view n) noexcept {
+  if (n.size() != 26 || !n.starts_with("spool-") || !n.ends_with(".ers")) return false;
+  return std::all_of(n.begin() + 6, n.begin() + 22,
+                     [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+}
+
+namespace {
+
 // The spool files of `dir` in order; a name that only looks like one (not
 // 16 hex digits) is not. A directory that cannot be listed is an error, not
 // an empty spool.
@@ -45,9 +56,9 @@ list_files(const std::filesystem::path& dir) {
        it.increment(ec)) {
     auto n = it->path().filename().string();
     std::uint64_t seq = 0;
-    if (n.size() != 26 || n.rfind("spool-", 0) != 0 || n.substr(22) != ".ers") continue;
-    auto [end, fec] = std::from_chars(n.data() + 6, n.data() + 22, seq, 16);
-    if (fec == std::errc() && end == n.data() + 22) out.emplace_back(seq, it->path());
+    if (!is_spool_file_name(n)) continue;
+    std::from_chars(n.data() + 6, n.data() + 22, seq, 16);
+    out.emplace_back(seq, it->path());
   }
   if (ec) return io_error("cannot list the spool directory " + dir.string(), ec.value());
   std::sort(out.begin(), out.end());

@@ -78,6 +78,9 @@ private:
   std::string buf_; // framed small records; kept between appends for its capacity
 };
 
+// True for a spool file's name: spool-<16 hex digits>.ers.
+bool is_spool_file_name(std::string_view name) noexcept;
+
 // Reads every record of every spool file in order. `visit` returns false to stop.
 // A torn tail (crash mid-append) ends that file's records; other damage is an error.
 boost::system::result<std::uint64_t, error> read_spool(const std::filesystem::path& dir,

@@ -5,7 +5,10 @@
 #include "util/checksum.hpp"
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <random>
 #include <string>
@@ -83,11 +86,21 @@ std::uint64_t drain(queue::store& s, queue::peer_id peer, std::uint64_t expect, 
 int run_store_demo(const store_demo_options& o) {
   namespace fs = std::filesystem;
   bool temp = !o.dir;
-  fs::path dir = o.dir ? *o.dir : fs::temp_directory_path() / ("edgerelay-store-demo-" + std::to_string(::getpid()));
+  fs::path dir;
   std::error_code ec;
-  if (auto refused = claim_demo_dir(dir, ".edgerelay-store-demo")) {
-    std::cerr << "edgerelay store-demo: --dir: " << *refused << "\n";
-    return 2;
+  if (o.dir) {
+    dir = *o.dir;
+    if (auto refused = claim_demo_dir(dir, ".edgerelay-store-demo", {"main", "small"})) {
+      std::cerr << "edgerelay store-demo: --dir: " << *refused << "\n";
+      return 2;
+    }
+  } else {
+    std::string tmpl = (fs::temp_directory_path() / "edgerelay-store-demo-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) {
+      std::cerr << "edgerelay store-demo: cannot create a temporary directory: " << std::strerror(errno) << "\n";
+      return 1;
+    }
+    dir = tmpl;
   }
   std::cout << "edgerelay store demo: a durable LMDB queue in " << dir.string() << " (sync = full)\n";
   int rc = 0;

@@ -320,11 +320,14 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
   auto out_abs = fs::absolute(o.out).lexically_normal();
   // Never replace a file: --out naming the config (or anything else) would
   // destroy it.
-  if (std::error_code xec; fs::exists(fs::symlink_status(out_abs, xec)))
+  auto exists_error = [&] {
+    std::error_code xec;
     return error{make_error_code(errc::invalid_argument),
-                 "--out " + out_abs.string() +
-                     " already exists: the bundle never replaces a file; remove it or name "
-                     "another"};
+                 "--out " + out_abs.string() + " already exists (a " +
+                     (fs::is_directory(fs::symlink_status(out_abs, xec)) ? "directory" : "file") +
+                     "): the bundle never replaces anything; remove it or name another"};
+  };
+  if (std::error_code xec; fs::exists(fs::symlink_status(out_abs, xec))) return exists_error();
   std::random_device rd;
   auto staging = out_abs.parent_path() / (".edgerelay-bundle-" + std::to_string(rd()) + std::to_string(rd()));
   std::error_code ec;
@@ -343,6 +346,7 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
 
   // The config first: it names the node, the admin API, the audit log and the evidence directory.
   std::optional<node_config> cfg;
+  bool config_read = false; // the --config file could be read (whether or not it loads)
   std::vector<std::string> secrets;
   std::string node_id;
   std::string werr;
@@ -350,6 +354,7 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
   if (o.config) {
     std::string err;
     auto text = read_file_text(*o.config, 16ull << 20, &err);
+    config_read = err.empty();
     if (!err.empty()) {
       item("config/", false, err);
     } else {
@@ -407,8 +412,9 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
     }
     if (admin_unknown) {
       item(name, false,
-           "not collected: the config is invalid (config/check.txt), so this node's admin address is unknown; "
-           "run again with --admin URL");
+           "not collected: the config does not load (" +
+               std::string(config_read ? "config/check.txt says why" : "the file cannot be read") +
+               "), so this node's admin address is unknown; run again with --admin URL");
       return;
     }
     if (!admin_up) {
@@ -555,8 +561,12 @@ boost::system::result<support_bundle_report, error> write_support_bundle(const s
     return error{make_error_code(errc::store_io), "tar exited " + std::to_string(r.code) + ": " + first_line(r.err)};
   // The bundle names identities and addresses: readable by its owner only.
   fs::permissions(partial, fs::perms::owner_read | fs::perms::owner_write, ec);
-  fs::rename(partial, out_abs, ec);
-  if (ec) return error{ec, "cannot write " + out_abs.string() + ": " + ec.message()};
+  // Not replacing what appeared at --out while the bundle was collected.
+  if (::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, out_abs.c_str(), RENAME_NOREPLACE) != 0) {
+    if (errno == EEXIST) return exists_error();
+    return error{boost::system::error_code(errno, boost::system::system_category()),
+                 "cannot write " + out_abs.string() + ": " + std::strerror(errno)};
+  }
   rep.written = out_abs;
   return rep;
 }

@@ -46,7 +46,15 @@ TEST_CASE("demo and store-demo refuse a --dir they did not make and leave it unt
     CHECK(r.code == 0);
     CHECK(std::filesystem::exists(ours / ".edgerelay-demo"));
     CHECK(std::filesystem::exists(ours / "hub" / "spool"));
+    CHECK_THAT(slurp(ours / "edge.toml"), Contains("[[peer]]")); // the configs, to read or start by hand
   }
+  // A demo directory from before the marker: only what a demo makes in it.
+  const auto older = d / "older";
+  std::filesystem::create_directories(older / "pki");
+  std::filesystem::create_directories(older / "hub");
+  r = test::run_edgerelay(d.path(), {"demo", "--segments", "20", "--no-progress", "--dir", older.string()}, 120s);
+  INFO(r.out);
+  CHECK(r.code == 0);
 }
 
 TEST_CASE("deadletter, send, support-bundle and evidence export refuse options that would widen, mislead or destroy",
@@ -78,6 +86,7 @@ TEST_CASE("deadletter, send, support-bundle and evidence export refuse options t
       {{"--size", "1KiB"}, "--size requires --count"},
       {{"--count", "1", "--ca", file.string()}, "--ca applies only to a wss:// URL"},
       {{"--count", "1", "--zstd"}, "--zstd applies only to a ws:// or wss:// URL"},
+      {{"--count", "1", "--window", "4"}, "--window applies only to a ws:// or wss:// URL"},
       {{"--file", d.path().string()}, "is a directory, not a file"},
   };
   for (auto& [extra, why] : sends) {
@@ -95,7 +104,7 @@ TEST_CASE("deadletter, send, support-bundle and evidence export refuse options t
   auto r = run({"support-bundle", "--admin", nobody, "--no-journal", "--out", config.string()});
   INFO(r.out);
   CHECK(r.code == 1);
-  CHECK_THAT(r.out, Contains("already exists: the bundle never replaces a file"));
+  CHECK_THAT(r.out, Contains("already exists (a file): the bundle never replaces anything"));
   CHECK(slurp(config) == "[node]\nid = \"n\"\n");
   // A log path that is a directory is reported in the bundle, not a crash.
   r = run({"support-bundle", "--admin", nobody, "--no-journal", "--log", d.path().string(), "--out",

@@ -54,7 +54,7 @@ TEST_CASE("edgerelay demo delivers every segment exactly once and prints the soa
   CHECK(sent <= 900);
   CHECK_THAT(r.out, Contains(" distinct, 0 missing, 0 duplicated, 0 bad checksums") &&
                         Contains("result: every segment delivered exactly once, loss = 0"));
-  CHECK(number_before(r.out, "    edge ", "rounds") >= 2);
+  CHECK(number_before(r.out, "    edge ", "rounds") >= 1);
 
   // Usage errors: exit 2, saying what is wrong, before anything starts.
   for (const char* bad : {"0.5s", "2h", "3"}) {

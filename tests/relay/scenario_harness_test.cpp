@@ -37,7 +37,7 @@ TEST_CASE("restart_node starts a node again when its pinned port is held for a m
   std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
   unsigned ephemeral_low = 0;
   REQUIRE(range >> ephemeral_low);
-  CHECK(sc::port_of(pinned) < ephemeral_low);
+  if (ephemeral_low > 11000) CHECK(sc::port_of(pinned) < ephemeral_low); // else no room below: the kernel's pick
   auto hub = sc::start_node(ctx, "hub", sc::hub_toml(ctx, "hub", dir / "spool", "", pinned));
   const auto listen = hub.listen;
   CHECK(listen == pinned);
