@@ -67,6 +67,8 @@ void print_status(const char* label, const json::object& s) {
 
 } // namespace
 
+namespace {
+
 std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker,
                                           std::initializer_list<std::string_view> own) {
   namespace fs = std::filesystem;
@@ -94,25 +96,39 @@ std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, cons
   return std::nullopt;
 }
 
+} // namespace
+
+demo_dir open_demo_dir(const std::optional<std::filesystem::path>& wanted, const std::string& demo,
+                       std::initializer_list<std::string_view> own) {
+  demo_dir d;
+  if (wanted) {
+    d.path = *wanted;
+    if (auto refused = claim_demo_dir(d.path, ".edgerelay-" + demo, own)) {
+      d.error = "--dir: " + *refused;
+      d.exit_code = 2;
+    }
+    return d;
+  }
+  std::string tmpl = (std::filesystem::temp_directory_path() / ("edgerelay-" + demo + "-XXXXXX")).string();
+  if (!::mkdtemp(tmpl.data())) {
+    d.error = "cannot create a temporary directory: " + std::string(std::strerror(errno));
+    d.exit_code = 1;
+    return d;
+  }
+  d.path = tmpl;
+  return d;
+}
+
 int run_demo(const demo_options& o) {
   namespace fs = std::filesystem;
   bool temp = !o.dir;
-  fs::path dir;
   std::error_code ec;
-  if (o.dir) {
-    dir = *o.dir;
-    if (auto refused = claim_demo_dir(dir, ".edgerelay-demo", {"pki", "hub", "edge", "hub.toml", "edge.toml"})) {
-      std::cerr << "edgerelay demo: --dir: " << *refused << "\n";
-      return 2;
-    }
-  } else {
-    std::string tmpl = (fs::temp_directory_path() / "edgerelay-demo-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) {
-      std::cerr << "edgerelay demo: cannot create a temporary directory: " << std::strerror(errno) << "\n";
-      return 1;
-    }
-    dir = tmpl;
+  auto opened = open_demo_dir(o.dir, "demo", {"pki", "hub", "edge", "hub.toml", "edge.toml"});
+  if (!opened.error.empty()) {
+    std::cerr << "edgerelay demo: " << opened.error << "\n";
+    return opened.exit_code;
   }
+  const fs::path dir = opened.path;
   auto cleanup = [&] {
     if (temp) fs::remove_all(dir, ec);
   };

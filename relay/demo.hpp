@@ -27,12 +27,18 @@ struct demo_options {
 
 int run_demo(const demo_options& o); // 0: every segment delivered exactly once, loss 0; 2: --dir refused
 
-// Makes `dir` ready for a demo that owns it: a new or empty directory, or one
-// an earlier run of the same demo made (it holds `marker`, or, from before
-// markers, nothing but entries named in `own`), whose contents are then
-// removed. Any other directory is refused, untouched: the message says why.
-// Leaves `marker` in it.
-std::optional<std::string> claim_demo_dir(const std::filesystem::path& dir, const std::string& marker,
-                                          std::initializer_list<std::string_view> own);
+// The directory a demo works in. With `wanted` (--dir): a new or empty
+// directory, or one an earlier run of the same demo made (it holds the
+// marker ".edgerelay-<demo>", or, from before markers, nothing but entries
+// named in `own`), whose contents are then removed; any other is refused,
+// untouched. Without: a new temporary directory (mkdtemp). `error` (with the
+// exit code) says why there is none.
+struct demo_dir {
+  std::filesystem::path path;
+  std::string error;
+  int exit_code = 0;
+};
+demo_dir open_demo_dir(const std::optional<std::filesystem::path>& wanted, const std::string& demo,
+                       std::initializer_list<std::string_view> own);
 
 } // namespace edgerelay::relay

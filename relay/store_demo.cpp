@@ -86,22 +86,13 @@ std::uint64_t drain(queue::store& s, queue::peer_id peer, std::uint64_t expect, 
 int run_store_demo(const store_demo_options& o) {
   namespace fs = std::filesystem;
   bool temp = !o.dir;
-  fs::path dir;
   std::error_code ec;
-  if (o.dir) {
-    dir = *o.dir;
-    if (auto refused = claim_demo_dir(dir, ".edgerelay-store-demo", {"main", "small"})) {
-      std::cerr << "edgerelay store-demo: --dir: " << *refused << "\n";
-      return 2;
-    }
-  } else {
-    std::string tmpl = (fs::temp_directory_path() / "edgerelay-store-demo-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) {
-      std::cerr << "edgerelay store-demo: cannot create a temporary directory: " << std::strerror(errno) << "\n";
-      return 1;
-    }
-    dir = tmpl;
+  auto workdir = open_demo_dir(o.dir, "store-demo", {"main", "small"});
+  if (!workdir.error.empty()) {
+    std::cerr << "edgerelay store-demo: " << workdir.error << "\n";
+    return workdir.exit_code;
   }
+  const fs::path dir = workdir.path;
   std::cout << "edgerelay store demo: a durable LMDB queue in " << dir.string() << " (sync = full)\n";
   int rc = 0;
   try {
