@@ -309,28 +309,12 @@ struct dl_options {
   unsigned limit = 100;
 };
 
-// Percent-encodes a query parameter's value (RFC 3986 unreserved kept).
-std::string query_value(std::string_view v) {
-  static constexpr char hex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : v) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
 int cmd_deadletter(const std::string& op, const dl_options& o) {
   if (op == "list") {
     std::string q = "?limit=" + std::to_string(o.limit);
-    if (!o.peer.empty()) q += "&peer=" + query_value(o.peer);
-    if (!o.stream.empty()) q += "&stream=" + query_value(o.stream);
-    if (!o.reason.empty()) q += "&reason=" + query_value(o.reason);
+    if (!o.peer.empty()) q += "&peer=" + util::percent_encode(o.peer);
+    if (!o.stream.empty()) q += "&stream=" + util::percent_encode(o.stream);
+    if (!o.reason.empty()) q += "&reason=" + util::percent_encode(o.reason);
     auto r = http_call("GET", o.admin + "/v1/deadletter" + q);
     if (!r) {
       std::cerr << "edgerelay deadletter: " << r.error().message << "\n";

@@ -193,12 +193,6 @@ struct url_parts {
   fs::path dir;
 };
 
-int hex_value(char c) {
-  if (is_digit(c)) return c - '0';
-  c = ascii_lower(c);
-  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 parsed<url_parts> parse_peer_url(std::string_view text) {
   const std::string accepted = "use wss://host[:port][/path], https://host[:port]/path or file:///absolute/dir";
   if (text.empty()) return parse_error{"is empty (" + accepted + ")"};
@@ -217,21 +211,11 @@ parsed<url_parts> parse_peer_url(std::string_view text) {
                          "(three slashes; the host part must be empty)"};
     if (rest.find_first_of("?#") != std::string_view::npos)
       return parse_error{quote80(text) + " is not a file:// URL of a directory: it has a query or fragment"};
-    std::string path;
-    for (std::size_t i = 0; i < rest.size(); ++i) {
-      if (rest[i] != '%') {
-        path += rest[i];
-        continue;
-      }
-      const int hi = i + 2 < rest.size() ? hex_value(rest[i + 1]) : -1;
-      const int lo = i + 2 < rest.size() ? hex_value(rest[i + 2]) : -1;
-      if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-        return parse_error{quote80(text) + " has an invalid percent escape (use %XX with two hex digits, not %00)"};
-      path += static_cast<char>(hi * 16 + lo);
-      i += 2;
-    }
+    auto path = util::percent_decode(rest);
+    if (!path)
+      return parse_error{quote80(text) + " has an invalid percent escape (use %XX with two hex digits, not %00)"};
     u.kind = peer_kind::file;
-    u.dir = fs::path(path).lexically_normal();
+    u.dir = fs::path(*path).lexically_normal();
     if (u.dir == "/") return parse_error{quote80(text) + " names the root directory; give a spool directory"};
     return u;
   }

@@ -431,32 +431,16 @@ private:
   // repeated or undecodable one is an error, as is one not in `known`.
   static std::optional<std::string> query_params(std::string_view query, std::initializer_list<std::string_view> known,
                                                  std::map<std::string, std::string>& out) {
-    auto decode = [](std::string_view in, std::string& to) {
-      for (std::size_t i = 0; i < in.size(); ++i) {
-        if (in[i] == '+') {
-          to += ' ';
-        } else if (in[i] != '%') {
-          to += in[i];
-        } else {
-          unsigned v = 0;
-          if (i + 2 >= in.size()) return false;
-          auto [end, ec] = std::from_chars(in.data() + i + 1, in.data() + i + 3, v, 16);
-          if (ec != std::errc() || end != in.data() + i + 3 || v == 0) return false;
-          to += static_cast<char>(v);
-          i += 2;
-        }
-      }
-      return true;
-    };
     while (!query.empty()) {
       auto amp = query.find('&');
       auto kv = query.substr(0, amp);
       query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
       if (kv.empty()) continue;
       auto eq = kv.find('=');
-      std::string k, v;
-      if (!decode(kv.substr(0, eq), k) || (eq != std::string_view::npos && !decode(kv.substr(eq + 1), v)))
-        return "a malformed percent escape in \"" + std::string(kv) + "\"";
+      auto key = util::percent_decode(kv.substr(0, eq), true);
+      auto value = util::percent_decode(eq == std::string_view::npos ? std::string_view{} : kv.substr(eq + 1), true);
+      if (!key || !value) return "a malformed percent escape in \"" + std::string(kv) + "\"";
+      const std::string &k = *key, &v = *value;
       if (std::find(known.begin(), known.end(), k) == known.end()) {
         std::string names;
         for (auto n : known)

@@ -91,3 +91,21 @@ TEST_CASE("quote escapes and cuts text for one-line messages") {
   CHECK(util::quote(std::string(100, 'x'), 10) == "\"xxxxxxxxxx\"...");
   CHECK(util::quote("\xc3\xa9\xc3\xa9", 3) == "\"\xc3\xa9\"..."); // never cuts inside a UTF-8 character
 }
+
+TEST_CASE("percent_decode refuses bad escapes and %00, percent_encode keeps only the unreserved bytes") {
+  CHECK(util::percent_decode("max%5Fretry") == "max_retry");
+  CHECK(util::percent_decode("a+b") == "a+b");
+  CHECK(util::percent_decode("a+b", true) == "a b");
+  CHECK(util::percent_decode("%7e%7E") == "~~");
+  CHECK_FALSE(util::percent_decode("%5").has_value());
+  CHECK_FALSE(util::percent_decode("%zz").has_value());
+  CHECK_FALSE(util::percent_decode("a%00b").has_value());
+  CHECK(util::percent_encode("rejected:too large/x~") == "rejected%3Atoo%20large%2Fx~");
+  const std::string all_bytes = [] {
+    std::string s;
+    for (int c = 1; c < 256; ++c)
+      s += static_cast<char>(c);
+    return s;
+  }();
+  CHECK(util::percent_decode(util::percent_encode(all_bytes)) == all_bytes);
+}
