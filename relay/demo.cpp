@@ -102,7 +102,8 @@ demo_dir open_demo_dir(const std::optional<std::filesystem::path>& wanted, const
                        std::initializer_list<std::string_view> own) {
   demo_dir d;
   if (wanted) {
-    d.path = *wanted;
+    // Absolute: the configs written into it resolve relative paths against their own directory.
+    d.path = std::filesystem::absolute(*wanted).lexically_normal();
     if (auto refused = claim_demo_dir(d.path, ".edgerelay-" + demo, own)) {
       d.error = "--dir: " + *refused;
       d.exit_code = 2;

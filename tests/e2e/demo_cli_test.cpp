@@ -43,9 +43,13 @@ TEST_CASE("edgerelay demo delivers every segment exactly once and prints the soa
   CHECK(received >= 10);
   CHECK_THAT(r.out, Contains(": 0 gaps, 0 duplicates, 0 corrupt"));
 
-  // --duration: paced traffic for that long instead of a count.
+  // --duration: paced traffic for that long instead of a count. And a relative --dir (from the working
+  // directory, which the child inherits): the configs written into it must not resolve it twice.
+  const auto cwd = std::filesystem::current_path();
+  std::filesystem::current_path(d.path());
   auto t0 = std::chrono::steady_clock::now();
-  r = test::run_edgerelay(d.path(), {"demo", "--duration", "3s", "--no-progress", "--dir", (d / "b").string()}, 120s);
+  r = test::run_edgerelay(d.path(), {"demo", "--duration", "3s", "--no-progress", "--dir", "b"}, 120s);
+  std::filesystem::current_path(cwd);
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK(std::chrono::steady_clock::now() - t0 >= 3s);
