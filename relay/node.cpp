@@ -44,7 +44,7 @@ json::object node::impl::status() const {
     json::object p = pr->fwd && !pr->removed
                          ? pr->fwd->status()
                          : json::object{{"state", "disabled"}, {"last_conn_bytes", 0}, {"last_conn_ms", 0}};
-    if (pr->removed) p["last_error"] = "removed from the config by a reload; its queue is kept";
+    if (pr->removed) p["last_error"] = "not in the config any more (removed); its queue and counters are kept";
     p["name"] = pr->cfg.name;
     p["url"] = pr->cfg.url;
     p["queued"] = c.queued;
@@ -120,6 +120,11 @@ void node::impl::collect_metrics() {
   m.deadletter_segments.labels().set(static_cast<double>(st.deadletter_segments));
   for (auto& p : *ps) {
     std::string_view name = p->cfg.name;
+    if (p->removed) {
+      // Not a peer that is down: its queue's series (above) stay while the store keeps it.
+      m.remove_peer_link(name);
+      continue;
+    }
     m.bytes_sent.labels({name}).set(p->shared->wire_bytes.load());
     if (auto b = p->shared->limiter->snapshot(); b.quota_remaining_bytes)
       m.bandwidth_quota_remaining.labels({name}).set(static_cast<double>(*b.quota_remaining_bytes));
@@ -304,6 +309,9 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   auto published = std::make_shared<node_config>(*next);
   // What needs a restart keeps its old value in the config in force.
   published->node = cur->node;
+  published->node.unready_before_cert_expiry = next->node.unready_before_cert_expiry;
+  published->node.audit_log_max_bytes = next->node.audit_log_max_bytes;
+  published->node.audit_log_keep = next->node.audit_log_keep;
   published->queue = cur->queue;
   published->queue.max_retry = next->queue.max_retry;
   published->queue.retry_backoff = next->queue.retry_backoff;
@@ -626,6 +634,26 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
     pr->shared->limiter = std::move(*l);
     ps->push_back(std::move(pr));
   }
+  // Peers the store holds that the config no longer names (removed by a
+  // reload before this start, or from the file while the node was down):
+  // their queues and counters stay in status, metrics and the totals, as
+  // after a reload, until a peer of that name is configured again.
+  for (auto& [id, name] : m->store->peers()) {
+    bool configured = false;
+    for (auto& p : m->cfg.peers)
+      configured = configured || p.name == name;
+    if (configured) continue;
+    auto pr = std::make_shared<peer_runtime>();
+    pr->cfg.name = name;
+    pr->id = id;
+    pr->removed = true;
+    pr->shared = m->new_peer_shared(name);
+    auto l = bandwidth::limiter::create(bandwidth::policy{}, *m->clk, std::nullopt);
+    if (!l) return error{make_error_code(errc::invalid_argument), "peer " + name + ": bandwidth: " + l.error().message};
+    pr->shared->limiter = std::move(*l);
+    pr->shared->quota_saved_version = pr->shared->limiter->quota_version(); // it sends nothing: its saved quota stays
+    ps->push_back(std::move(pr));
+  }
   m->peers = ps;
   auto* mp = m.get();
   canary_driver::node_hooks hooks{[mp] {
@@ -694,9 +722,11 @@ boost::system::result<void, error> node::start() {
   auto ps = std::make_shared<peer_list>();
   for (auto& p : *m.peers_now()) {
     auto pr = std::make_shared<peer_runtime>(*p);
-    auto f = m.make_forwarder(pr->cfg, pr->id, pr->shared);
-    if (!f) return f.error();
-    pr->fwd = *f;
+    if (!pr->removed) {
+      auto f = m.make_forwarder(pr->cfg, pr->id, pr->shared);
+      if (!f) return f.error();
+      pr->fwd = *f;
+    }
     ps->push_back(std::move(pr));
   }
   {
@@ -705,7 +735,7 @@ boost::system::result<void, error> node::start() {
   }
   m.canary->start(m.io);
   for (auto& p : *ps)
-    p->fwd->start();
+    if (p->fwd) p->fwd->start();
   // Certificates, keys, CAs and CRLs are re-read when they change on disk.
   m.refresh_all_tls("start"); // the baseline of each material
   m.watcher = std::make_unique<file_watcher>([&m](const std::string& name) { m.refresh_tls(name, "file changed"); });
@@ -758,6 +788,7 @@ void node::stop() {
   m.canary->stop();
   // The last quota usage, so that a restart does not refill it.
   for (auto& p : *m.peers_now()) {
+    if (!p->fwd) continue; // removed before this start: never sent, its saved state stays as it is
     auto q = p->shared->limiter->export_quota();
     m.store->save_quota_state_wait(p->id, q.state.period_start_unix_ms, q.state.used_bytes);
   }

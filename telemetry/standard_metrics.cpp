@@ -47,4 +47,12 @@ std::size_t standard_metrics::remove_peer(std::string_view peer) {
   return n;
 }
 
+std::size_t standard_metrics::remove_peer_link(std::string_view peer) {
+  std::size_t n = 0;
+  for (detail::family_base* f : std::initializer_list<detail::family_base*>{
+           &delivery_attempts, &peer_connected, &delivery_latency, &bytes_sent, &bandwidth_quota_remaining})
+    n += f->remove_matching("peer", peer);
+  return n;
+}
+
 } // namespace edgerelay::telemetry

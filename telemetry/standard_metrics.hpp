@@ -35,9 +35,15 @@ struct standard_metrics {
   histogram_family& store_commit;          // edgerelay_store_commit_seconds
   counter_family& canary_rounds;           // edgerelay_canary_rounds_total{result}
 
-  // Stops exporting every series labelled peer=`peer` (a peer removed by a
-  // reload); returns how many series were removed.
+  // Stops exporting every series labelled peer=`peer`; returns how many
+  // series were removed.
   std::size_t remove_peer(std::string_view peer);
+  // Stops exporting the series of `peer`'s link and delivery path
+  // (peer_connected, delivery_attempts, delivery_latency, bytes_sent,
+  // bandwidth_quota_remaining), keeping what its stored queue and counters
+  // report: for a peer removed from the config whose queue is kept, which
+  // must not look like a peer that is down.
+  std::size_t remove_peer_link(std::string_view peer);
 };
 
 } // namespace edgerelay::telemetry

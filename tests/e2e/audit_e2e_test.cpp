@@ -29,6 +29,7 @@
 
 using namespace edgerelay;
 using test::eventually;
+using test::write_file;
 using namespace std::chrono_literals;
 namespace net = boost::asio;
 namespace ssl = boost::asio::ssl;
@@ -40,8 +41,6 @@ namespace {
 const test::openssl_pki& pki() { return test::openssl_pki::shared(); }
 
 using test::q;
-
-void write_file(const std::filesystem::path& p, const std::string& s) { std::ofstream(p, std::ios::trunc) << s; }
 
 std::vector<json::object> audit_events(const std::filesystem::path& p) {
   auto t = telemetry::read_audit_tail(p, 100000);
@@ -294,5 +293,15 @@ TEST_CASE("a flood of refused connections fills at most (keep + 1) audit files o
   REQUIRE(eventually([&] { return denials_in(audit) == current + 30; }));
   CHECK(std::filesystem::file_size(audit) > 4096);
   CHECK(std::filesystem::file_size(telemetry::audit_log::rotated(audit, 1)) == before);
+
+  // And back: the config in force holds what the last reload applied, so a return to the first
+  // values is a change too (it used to be compared with the values of the start and skipped).
+  write_file(file, body("audit_log_max_bytes = \"4KiB\"\naudit_log_keep = 2\n"));
+  rl = relay::http_call("POST", "http://" + hub->address("admin") + "/v1/reload");
+  REQUIRE(rl.has_value());
+  INFO(rl->body);
+  CHECK_THAT(rl->body, Contains("node.audit_log_max_bytes, node.audit_log_keep"));
+  knock(1);
+  REQUIRE(eventually([&] { return std::filesystem::file_size(audit) <= 4096; })); // rotated again
   hub->stop();
 }

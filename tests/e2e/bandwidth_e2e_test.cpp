@@ -9,6 +9,7 @@
 #include "relay/node.hpp"
 #include "relay/producer.hpp"
 #include "relay/spool.hpp"
+#include "tests/support/exposition.hpp"
 #include "tests/support/node_runner.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -26,6 +27,7 @@
 
 using namespace edgerelay;
 using test::eventually;
+using test::write_file;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 using Catch::Matchers::Contains;
@@ -33,11 +35,6 @@ using Catch::Matchers::Contains;
 namespace {
 
 using test::q;
-
-void write_file(const std::filesystem::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::trunc);
-  out << text;
-}
 
 std::unique_ptr<relay::node> start_node(const std::filesystem::path& file, util::clock* clk = nullptr) {
   return test::start_node(relay::load_config(file), clk);
@@ -338,6 +335,72 @@ TEST_CASE("reload adds and removes peers live, reports what needs a restart, and
   CHECK(posted->status == 201); // routed to the hub peer only
   CHECK(eventually([&] { return num(peer_status(*rp.edge, 0).at("delivered")) == 1; }));
   CHECK(num(peer_status(*rp.edge, 1).at("routed")) == 5);
+}
+
+TEST_CASE("a removed peer's queue stays in status, totals and metrics, across a restart too, and its link does not "
+          "look down",
+          "[e2e][reload]") {
+  test::temp_dir dir{"removed-peer"};
+  auto p = transport::pki_init(dir / "pki");
+  REQUIRE(p.has_value());
+  const auto file = dir / "node.toml";
+  const std::string head = "[node]\nid = \"n\"\ndata_dir = " + q(dir / "data") +
+                           "\n[queue]\nmax_retry = 1000\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = "
+                           "\"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = "
+                           "\"file://" +
+                           (dir / "spool").string() + "\"\nstreams = [\"s\"]\n";
+  // "stuck": a closed port, so what is routed to it stays queued.
+  const std::string stuck = "[[peer]]\nname = \"stuck\"\nurl = \"wss://127.0.0.1:1\"\nserver_name = \"localhost\"\n"
+                            "streams = [\"held\"]\ncert = " +
+                            q(p->client_cert) + "\nkey = " + q(p->client_key) + "\nca = " + q(p->ca_cert) + "\n";
+  write_file(file, head + stuck);
+  auto n = start_node(file);
+  post_segments(*n, 3, 10, "held");
+  REQUIRE(num(peer_status(*n, 1).at("routed")) == 3);
+  auto reload = [&] {
+    auto r = relay::http_call("POST", "http://" + n->address("admin") + "/v1/reload");
+    REQUIRE(r.has_value());
+    INFO(r->body);
+    CHECK(r->status == 200);
+    return r->body;
+  };
+  write_file(file, head);
+  CHECK_THAT(reload(), Contains("peer stuck: removed"));
+  auto check_kept = [&](const char* when) {
+    INFO(when);
+    auto st = n->status();
+    auto& peers = st.at("peers").as_array();
+    REQUIRE(peers.size() == 2);
+    auto& s = peers.at(1).as_object();
+    CHECK(s.at("name") == "stuck");
+    CHECK(s.at("state") == "disabled");
+    CHECK(num(s.at("queued")) == 3);
+    CHECK(s.contains("last_conn_bytes"));
+    CHECK(s.at("last_error").as_string().find("kept") != std::string::npos);
+    CHECK(num(st.at("totals").at("queued")) == 3);
+    CHECK(num(st.at("queue").at("segments")) == 3);
+    CHECK(num(st.at("totals").at("loss")) == 0);
+    auto m = relay::http_call("GET", "http://" + n->address("admin") + "/metrics");
+    REQUIRE(m.has_value());
+    CHECK(test::series_value(m->body, "edgerelay_queue_segments{peer=\"stuck\"}") == 3.0);
+    CHECK(test::series_value(m->body, "edgerelay_peer_connected{peer=\"spool\"}").has_value());
+    // Removed on purpose is not down: no peer_connected series to alert on.
+    CHECK_FALSE(test::series_value(m->body, "edgerelay_peer_connected{peer=\"stuck\"}"));
+    CHECK_FALSE(test::series_value(m->body, "edgerelay_bytes_sent_total{peer=\"stuck\"}"));
+  };
+  check_kept("after the reload");
+  // A start with a config that does not name it: the store still holds its queue, and status says so.
+  n->stop();
+  n.reset();
+  n = start_node(file);
+  check_kept("after a restart");
+  // Configured again (now a spool of its own): its queue is delivered.
+  write_file(file, head + "[[peer]]\nname = \"stuck\"\nurl = \"file://" + (dir / "stuck-spool").string() +
+                       "\"\nstreams = [\"held\"]\n");
+  CHECK_THAT(reload(), Contains("peer stuck: re-added"));
+  CHECK(eventually([&] { return num(peer_status(*n, 1).at("delivered")) == 3; }));
+  CHECK(num(n->status().at("totals").at("queued")) == 0);
+  n->stop();
 }
 
 TEST_CASE("SIGHUP reloads a running node's config and logs what it applied", "[e2e][reload]") {

@@ -332,4 +332,26 @@ TEST_CASE("GET /readyz turns unready before the node's own certificate expires",
     CHECK(r->body.find("\"ready\":true") != std::string::npos);
     n->stop();
   }
+  // The margin is live: a reload applies it both ways (it used to report "applied" and keep the old one).
+  const auto file = dir / "n.toml";
+  test::write_file(file, cfg("24h"));
+  auto n = test::start_node(relay::load_config(file));
+  auto ready = [&] {
+    auto r = relay::http_call("GET", "http://" + n->address("admin") + "/readyz");
+    REQUIRE(r.has_value());
+    return r->status;
+  };
+  auto reload = [&](const std::string& margin) {
+    test::write_file(file, cfg(margin));
+    auto rl = relay::http_call("POST", "http://" + n->address("admin") + "/v1/reload");
+    REQUIRE(rl.has_value());
+    INFO(rl->body);
+    CHECK(rl->body.find("node.unready_before_cert_expiry") != std::string::npos);
+  };
+  CHECK(ready() == 200);
+  reload("72h");
+  CHECK(ready() == 503);
+  reload("24h");
+  CHECK(ready() == 200);
+  n->stop();
 }

@@ -23,6 +23,7 @@
 using namespace edgerelay;
 using test::eventually;
 using test::slurp;
+using test::write_file;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 namespace json = boost::json;
@@ -33,8 +34,6 @@ namespace {
 const test::openssl_pki& pki() { return test::openssl_pki::shared(); }
 
 std::string q(const fs::path& p) { return "\"" + p.string() + "\""; }
-
-void write_file(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::trunc) << s; }
 
 // Every regular file under dir, by path relative to it.
 std::map<std::string, std::string> files_under(const fs::path& dir) {

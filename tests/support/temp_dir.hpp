@@ -1,6 +1,6 @@
 #pragma once
 // A fresh directory under the system temp dir, removed with everything in it
-// when the object goes out of scope; and slurp(), a whole file as a string.
+// when the object goes out of scope; slurp(), a whole file as a string; and write_file().
 
 #include <filesystem>
 #include <fstream>
@@ -35,6 +35,11 @@ private:
 inline std::string slurp(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// Replaces the file's content with s (creates it when missing).
+inline void write_file(const std::filesystem::path& p, const std::string& s) {
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << s;
 }
 
 } // namespace edgerelay::test

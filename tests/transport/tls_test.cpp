@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 
 using namespace edgerelay;
+using test::write_file;
 using namespace edgerelay::transport;
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
@@ -183,11 +184,6 @@ std::unique_ptr<X509, x509_deleter> load_x509(const std::filesystem::path& p) {
   std::unique_ptr<X509, x509_deleter> x(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   REQUIRE(x);
   return x;
-}
-
-void write_file(const std::filesystem::path& p, const std::string& s) {
-  std::ofstream f(p, std::ios::binary);
-  f << s;
 }
 
 } // namespace
