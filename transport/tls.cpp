@@ -411,16 +411,27 @@ tls_result<void> load_trust(SSL_CTX* c, const tls_files& f) {
   const std::string where = "CRL " + f.crl.string();
   for (auto& crl : *crls) {
     const X509_NAME* issuer = X509_CRL_get_issuer(crl.get());
-    // A CRL from an intermediate that `ca` does not hold is checked by
-    // OpenSSL when a chain through that intermediate is verified.
+    // Every CRL must come from a CA in `ca` and verify with it. One from
+    // another issuer (a wrong file) would otherwise be put in force, and
+    // with CRL checking on, every chain whose issuer has no CRL here fails
+    // ("unable to get certificate CRL"): all sessions closed, every
+    // handshake refused. An intermediate's CRL needs that intermediate in
+    // the `ca` bundle.
+    bool issuer_known = false;
     for (auto& ca : *cas) {
       if (X509_NAME_cmp(issuer, X509_get_subject_name(ca.get())) != 0) continue;
+      issuer_known = true;
       if (X509_CRL_verify(crl.get(), X509_get0_pubkey(ca.get())) != 1) {
         ERR_clear_error();
         return fail(tls_errc::crl_invalid,
                     where + ": signature does not verify with CA " + name_string(X509_get_subject_name(ca.get())));
       }
     }
+    if (!issuer_known)
+      return fail(tls_errc::crl_invalid, where + " is issued by " + name_string(issuer) + ", which is not a CA in " +
+                                             f.ca.string() +
+                                             "; use the CRL of a CA in that file (for an intermediate's CRL, add "
+                                             "the intermediate to the CA file)");
     const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl.get());
     if (next && X509_cmp_current_time(next) <= 0)
       return fail(tls_errc::crl_invalid, where + " (issuer " + name_string(issuer) + ") expired on " + asn1_text(next) +

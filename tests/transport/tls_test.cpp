@@ -424,6 +424,15 @@ TEST_CASE("make_server_context names the file and what is wrong with it", "[tls]
     f.key.clear();
     refused(f, tls_errc::missing_file);
   }
+  SECTION("a CRL from a CA that is not in the CA file") {
+    // Put in force, it would fail every chain from the real CA as "unable to get certificate CRL".
+    auto other = transport::pki_init(dir / "other");
+    REQUIRE(other.has_value());
+    f.crl = other->crl;
+    auto msg = refused(f, tls_errc::crl_invalid);
+    CHECK_THAT(msg, Contains("CRL " + other->crl.string() + " is issued by ") &&
+                        Contains("which is not a CA in " + p.root_ca.string()));
+  }
 }
 
 TEST_CASE("make_client_context refuses an empty or malformed server_name and an expired own certificate", "[tls]") {
