@@ -443,7 +443,12 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
       tls_slots[name].crl_checksum = crl_sum;
       return 0;
     }
-    if (it->second.fingerprint == fp) return 0;
+    // Unchanged files are tried again only after a refusal: on an explicit
+    // reload, and (cause "retry") when the refusal was for a time not reached yet.
+    const bool failed = !it->second.last_error.empty();
+    const bool again = failed && (std::string_view(cause) == "reload" ||
+                                  (std::string_view(cause) == "retry" && it->second.retry_later));
+    if (it->second.fingerprint == fp && !again) return 0;
   }
   const auto before = transport::context_cert_info(*m->current());
   auto r = m->reload();
@@ -459,9 +464,12 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
     if (!r) {
       ++slot.failures;
       slot.last_error = r.error().message;
+      slot.retry_later = r.error().code == transport::tls_errc::cert_not_yet_valid ||
+                         r.error().message.find(" is not valid before ") != std::string::npos;
     } else {
       ++slot.rotations;
       slot.last_error.clear();
+      slot.retry_later = false;
       slot.last_rotation_ms = now_ms();
     }
   }

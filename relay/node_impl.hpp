@@ -203,6 +203,10 @@ struct node::impl {
     std::int64_t last_rotation_ms = 0;
     std::uint64_t fingerprint = 0;  // of the contents of the files in force
     std::uint64_t crl_checksum = 0; // of the CRL file alone (a CRL reload is its own audit event)
+    // The files were refused for a time they have not reached yet (a
+    // certificate's notBefore, a CRL's lastUpdate): retried by the
+    // maintenance timer until they go in force or change.
+    bool retry_later = false;
   };
   mutable std::mutex tls_mu;
   std::mutex tls_refresh_mu; // one refresh at a time (the watcher's thread, reloads)
@@ -278,8 +282,21 @@ struct node::impl {
           spdlog::info("dead-letter retention: {} segment(s) older than queue.deadletter_retention purged",
                        r->deadletter_purged);
       });
+      retry_refused_tls();
       schedule_maintenance();
     });
+  }
+  // TLS files refused for a time not reached yet (notBefore, lastUpdate) go
+  // in force once it has passed, without waiting for another change.
+  void retry_refused_tls() {
+    std::vector<std::string> names;
+    {
+      std::lock_guard lk(tls_mu);
+      for (auto& [name, slot] : tls_slots)
+        if (slot.retry_later) names.push_back(name);
+    }
+    for (auto& n : names)
+      refresh_tls(n, "retry");
   }
   // systemd's watchdog (WatchdogSec=): pinged from the event loop at half
   // the interval, so a loop that stops turning stops the pings.

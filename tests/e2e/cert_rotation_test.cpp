@@ -17,6 +17,7 @@
 #include "relay/spool.hpp"
 #include "tests/support/exposition.hpp"
 #include "tests/support/node_runner.hpp"
+#include "tests/support/openssl_pki.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "tests/support/toml.hpp"
 #include "transport/pki.hpp"
@@ -26,6 +27,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -300,6 +302,105 @@ TEST_CASE("a broken certificate file keeps the old material in use and is report
   REQUIRE(relay::http_call("POST", r.edge_ingest + "/v1/streams/s/segments", "still")->status == 201);
   r.force_reconnect();
   REQUIRE(eventually([&] { return rig::status(r.edge_admin).at("totals").at("delivered").to_number<int>() == 1; }));
+}
+
+namespace {
+
+// A server certificate and key from `pki`'s CA whose notBefore is `ahead` from now, written to
+// DIR/<name>.pem and DIR/<name>.key (openssl ca: the only tool at hand that sets a start date).
+std::pair<std::filesystem::path, std::filesystem::path> future_server_cert(const transport::pki_paths& pki,
+                                                                           const std::filesystem::path& dir,
+                                                                           const std::string& name,
+                                                                           std::chrono::seconds ahead) {
+  auto stamp = [](std::chrono::system_clock::time_point t) {
+    std::time_t tt = std::chrono::system_clock::to_time_t(t);
+    std::tm tm{};
+    gmtime_r(&tt, &tm);
+    char b[32];
+    std::strftime(b, sizeof b, "%y%m%d%H%M%SZ", &tm);
+    return std::string(b);
+  };
+  const auto now = std::chrono::system_clock::now();
+  test::write_file(dir / "ca.cnf", "[ca]\ndefault_ca = c\n[c]\ndatabase = index.txt\nnew_certs_dir = .\nserial = "
+                                   "serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n"
+                                   "[p]\ncommonName = supplied\n");
+  test::write_file(dir / "index.txt", "");
+  if (!std::filesystem::exists(dir / "serial")) test::write_file(dir / "serial", "1000\n");
+  test::run_openssl("req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " + name + ".key -subj " +
+                        "/CN=edgerelay-hub-" + name + " -out " + name + ".csr",
+                    dir);
+  test::run_openssl("ca -config ca.cnf -batch -notext -cert " + pki.ca_cert.string() + " -keyfile " +
+                        pki.ca_key.string() + " -in " + name + ".csr -out " + name + ".pem -startdate " +
+                        stamp(now + ahead) + " -enddate " + stamp(now + std::chrono::hours(24)),
+                    dir);
+  return {dir / (name + ".pem"), dir / (name + ".key")};
+}
+
+} // namespace
+
+TEST_CASE("a certificate refused as not yet valid goes in force once it is: on a reload, and by itself",
+          "[e2e][tls][rotation]") {
+  test::temp_dir dir("cert-future");
+  auto p = transport::pki_init(dir / "pki");
+  REQUIRE(p.has_value());
+  const auto file = dir / "hub.toml";
+  // dedupe_window sets the maintenance cadence (a tenth of it, at least 1 s), which retries such files.
+  auto cfg = [&](const std::string& queue) {
+    return "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") + "\n[queue]\n" + queue +
+           "[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(p->server_cert) + "\nkey = " + q(p->server_key) +
+           "\nca = " + q(p->ca_cert) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n" +
+           "[[peer]]\nname = \"spool\"\nurl = \"file://" + (dir / "spool").string() + "\"\n";
+  };
+  auto listen_tls = [](relay::node& n) {
+    auto r = relay::http_call("GET", "http://" + n.address("admin") + "/v1/status");
+    REQUIRE(r.has_value());
+    const auto st = json::parse(r->body);
+    for (auto& t : st.at("tls").as_array())
+      if (t.as_object().at("name") == "listen") return t.as_object();
+    FAIL("no tls entry listen");
+    return json::object{};
+  };
+  auto install = [&](const std::string& name, std::chrono::seconds ahead) {
+    auto [cert, key] = future_server_cert(*p, dir.path(), name, ahead);
+    std::filesystem::rename(key, p->server_key);
+    std::filesystem::rename(cert, p->server_cert);
+  };
+  auto refused_until_valid = [&](relay::node& n, const json::value& serial) {
+    REQUIRE(eventually([&] { return listen_tls(n).at("failures").to_number<int>() >= 1; }));
+    auto t = listen_tls(n);
+    CHECK(t.at("serial") == serial); // the old one stays in force
+    CHECK(std::string(t.at("last_error").as_string()).find("is not valid before") != std::string::npos);
+  };
+
+  {
+    // The default cadence (a minute): nothing retries it within the test but a reload.
+    test::write_file(file, cfg(""));
+    auto n = test::start_node(relay::load_config(file));
+    const auto serial0 = listen_tls(*n).at("serial");
+    install("a", 3s);
+    refused_until_valid(*n, serial0);
+    std::this_thread::sleep_for(4s);
+    CHECK(listen_tls(*n).at("serial") == serial0); // the files did not change: no watcher event
+    auto rl = relay::http_call("POST", "http://" + n->address("admin") + "/v1/reload");
+    REQUIRE(rl.has_value());
+    INFO(rl->body);
+    CHECK(rl->body.find("tls listen: changed") != std::string::npos);
+    auto t = listen_tls(*n);
+    CHECK(t.at("serial") != serial0);
+    CHECK(t.at("last_error") == "");
+    n->stop();
+  }
+  {
+    test::write_file(file, cfg("dedupe_window = \"10s\"\n"));
+    auto n = test::start_node(relay::load_config(file));
+    const auto serial1 = listen_tls(*n).at("serial");
+    install("b", 3s);
+    refused_until_valid(*n, serial1);
+    REQUIRE(eventually([&] { return listen_tls(*n).at("serial") != serial1; }, 15s));
+    CHECK(listen_tls(*n).at("last_error") == "");
+    CHECK(listen_tls(*n).at("rotations").to_number<int>() == 1);
+    n->stop();
+  }
 }
 
 TEST_CASE("GET /readyz turns unready before the node's own certificate expires", "[e2e][tls]") {
