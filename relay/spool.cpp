@@ -105,6 +105,9 @@ boost::system::result<bool, error> read_file(const std::filesystem::path& path, 
   } guard{map, size};
   if (map) ::madvise(map, size, MADV_SEQUENTIAL);
   std::string_view data(static_cast<const char*>(map), size);
+  // Empty, or a torn start of the header: a file whose creation a crash or
+  // a full disk interrupted, before any record could be written into it.
+  if (data.size() < file_magic.size() && file_magic.substr(0, data.size()) == data) return true;
   if (data.compare(0, file_magic.size(), file_magic) != 0)
     return error{make_error_code(errc::malformed), path.string() + ": not a spool file (bad magic)"};
   util::reader rd(data.substr(file_magic.size()));
@@ -195,23 +198,31 @@ void spool_writer::drop_cached(std::uint64_t upto) {
   cached_from_ = upto;
 }
 
+// The next file is made complete (header written and fsynced) before it
+// replaces the current one: when that fails (a full disk), it is removed and
+// the current file stays the one appended to, so no record ever goes into a
+// file without its header.
 boost::system::result<void, error> spool_writer::roll() {
-  if (fd_ >= 0) {
-    drop_cached(file_bytes_);
-    ::close(fd_);
-    fd_ = -1;
+  auto path = file_for(dir_, seq_++); // a number once tried is not used again (O_EXCL)
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_APPEND, 0640);
+  if (fd < 0) return io_error("cannot create spool file " + path.string(), errno);
+  if (!write_all(fd, file_magic.data(), file_magic.size()) || ::fsync(fd) != 0) {
+    int e = errno;
+    ::close(fd);
+    ::unlink(path.c_str()); // if this fails too, readers take what is left for an empty file
+    return io_error("cannot write spool file " + path.string(), e);
   }
-  auto path = file_for(dir_, seq_++);
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_APPEND, 0640);
-  if (fd_ < 0) return io_error("cannot create spool file " + path.string(), errno);
-  if (!write_all(fd_, file_magic.data(), file_magic.size()) || ::fsync(fd_) != 0)
-    return io_error("cannot write spool file " + path.string(), errno);
   // The new name must survive a power cut too.
   int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);
   }
+  if (fd_ >= 0) {
+    drop_cached(file_bytes_);
+    ::close(fd_);
+  }
+  fd_ = fd;
   file_bytes_ = file_magic.size();
   cached_from_ = 0;
   return {};

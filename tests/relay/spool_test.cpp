@@ -4,9 +4,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <csignal>
 #include <fcntl.h>
 #include <fstream>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 using namespace edgerelay;
@@ -248,4 +250,50 @@ TEST_CASE("the spool keeps only its newest bytes in the page cache, and all of t
   REQUIRE(back.size() == 40);
   CHECK(back[0].payload == p);
   CHECK(back[39].id == "e:49");
+}
+
+TEST_CASE("a rotation that cannot write the next file's header leaves no file without one, and an empty or "
+          "torn-header file reads as empty",
+          "[spool]") {
+  test::temp_dir d("spool-roll");
+  std::string p(600, 'x');
+  auto rec = [&](int i) {
+    return std::vector<relay::spool_input>{{"e:" + std::to_string(i), "s", 0, util::checksum(p), p}};
+  };
+  {
+    auto w = relay::spool_writer::open(d.path(), 1000);
+    REQUIRE(w.has_value());
+    REQUIRE((*w)->append(rec(0)).has_value());
+    // A file size limit below the 8-byte header: the next file cannot be started (EFBIG), as on a full disk.
+    struct rlimit old {};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    auto* prev = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit tiny = old;
+    tiny.rlim_cur = 4;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &tiny) == 0);
+    auto failed = (*w)->append(rec(1)); // needs a new file
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &old) == 0);
+    std::signal(SIGXFSZ, prev);
+    REQUIRE_FALSE(failed.has_value());
+    CHECK_THAT(failed.error().message, Contains("cannot write spool file"));
+    // The half-made file is gone; the next append goes on in a complete file.
+    std::size_t files = 0;
+    for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(d.path()))
+      ++files;
+    CHECK(files == 1);
+    REQUIRE((*w)->append(rec(1)).has_value());
+    REQUIRE((*w)->append(rec(2)).has_value());
+  }
+  auto recs = read_all(d.path());
+  REQUIRE(recs.size() == 3);
+  CHECK(recs[1].id == "e:1");
+  CHECK(recs[2].id == "e:2");
+  // What a crash or a full disk can leave at a file's creation: nothing, or part of the header.
+  test::write_file(d / "spool-00000000000000f0.ers", "");
+  test::write_file(d / "spool-00000000000000f1.ers", "ERSP");
+  CHECK(read_all(d.path()).size() == 3);
+  auto w = relay::spool_writer::open(d.path(), 1000); // and the sink starts on such a spool
+  REQUIRE(w.has_value());
+  REQUIRE((*w)->append(rec(3)).has_value());
+  CHECK(read_all(d.path()).size() == 4);
 }
