@@ -364,6 +364,10 @@ struct store::impl {
   std::vector<std::unique_ptr<request>> pending;
   std::vector<std::unique_ptr<request>> parked;
   bool stopping = false;
+  // expire_waiting(): the enqueues waiting for room are ended now; cleared,
+  // with expired_cv notified, once the writer has completed them.
+  bool expire_requested = false;
+  std::condition_variable expired_cv;
   std::thread writer;
   std::mt19937_64 rng{std::random_device{}()};
 
@@ -450,21 +454,23 @@ struct store::impl {
   void run_writer() {
     std::vector<std::unique_ptr<request>> group;
     for (;;) {
+      bool expire = false;
       {
         std::unique_lock lk(q_mu);
         // Parked (overflow = block) requests can only fit after another write
         // frees room, so they are re-tried with new requests or at their deadline.
         for (;;) {
           if (parked.empty())
-            q_cv.wait(lk, [&] { return stopping || !pending.empty(); });
+            q_cv.wait(lk, [&] { return stopping || expire_requested || !pending.empty(); });
           else
-            q_cv.wait_for(lk, 5ms, [&] { return stopping || !pending.empty(); });
-          if (stopping || !pending.empty()) break;
+            q_cv.wait_for(lk, 5ms, [&] { return stopping || expire_requested || !pending.empty(); });
+          if (stopping || expire_requested || !pending.empty()) break;
           auto now = clk->steady_now();
           if (std::any_of(parked.begin(), parked.end(), [&](auto& r) { return r->deadline && *r->deadline <= now; }))
             break;
         }
         if (stopping && pending.empty() && parked.empty()) return;
+        expire = expire_requested;
         // Order: writes that free room (acks, nacks, ...) first, then the
         // enqueues that waited for room, oldest first, then new enqueues.
         group.clear();
@@ -477,11 +483,16 @@ struct store::impl {
           if (p) group.push_back(std::move(p));
         pending.clear();
       }
-      if (stopping) {
+      if (stopping || expire) {
         for (auto& r : group)
           if (r->k == request::kind::enqueue && r->deadline) r->deadline = std::chrono::steady_clock::time_point{};
       }
       process(group);
+      if (expire) {
+        std::lock_guard lk(q_mu);
+        expire_requested = false;
+        expired_cv.notify_all();
+      }
     }
   }
 
@@ -1609,6 +1620,14 @@ boost::system::result<std::unique_ptr<store>, error> fail(sys_ec ec, std::string
 } // namespace
 
 store::store(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+void store::expire_waiting() {
+  std::unique_lock lk(impl_->q_mu);
+  if (impl_->stopping || !impl_->writer.joinable()) return;
+  impl_->expire_requested = true;
+  impl_->q_cv.notify_all();
+  impl_->expired_cv.wait(lk, [&] { return !impl_->expire_requested; });
+}
 
 store::~store() {
   {

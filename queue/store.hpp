@@ -307,6 +307,11 @@ public:
   boost::system::error_code save_quota_state_wait(peer_id peer, std::int64_t period_start_unix_ms,
                                                   std::uint64_t used_bytes);
   boost::system::error_code put_record_wait(std::string key, std::string value);
+  // Ends every enqueue that waits for room (overflow = block) now, as its
+  // deadline would (errc::timeout), and returns once their callbacks have
+  // run: for an owner that is shutting down, before what those callbacks
+  // use goes away.
+  void expire_waiting();
 
   // Reads up to max_segments / max_bytes (at least one segment if any is
   // ready, even when it alone exceeds max_bytes) of the peer's ready

@@ -781,6 +781,10 @@ void node::stop() {
     if (*s) (*s)->stop();
   for (auto& p : *m.peers_now())
     if (p->fwd) p->fwd->stop();
+  // Enqueues waiting for room (overflow = block) are answered now, while the
+  // ingest handler and the io_context their callbacks use still exist (the
+  // store outlives both and would end them in its destructor).
+  m.store->expire_waiting();
   m.work.reset();
   m.io.stop();
   for (auto& t : m.pool)

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <lmdb.h>
 
+#include <atomic>
 #include <csignal>
 #include <fstream>
 #include <future>
@@ -550,6 +551,33 @@ TEST_CASE("overflow block: waiting enqueues complete in the order they came and 
     REQUIRE(d.wait_for(5s) == std::future_status::ready);
   CHECK(order == std::vector<std::string>{"big", "small1", "small2"});
   CHECK(f.s->stats().peers.at(0).counters.queued == 3);
+  f.check_accounting();
+}
+
+TEST_CASE("overflow block: expire_waiting ends the waiting enqueues now, and returns after their callbacks ran") {
+  fixture f(small_blocking_queue);
+  f.put(20, {f.a}, 100); // nearly full
+  const queue::peer_id to[] = {f.a};
+  std::string big(2500, 'z');
+  std::atomic<int> ended{0};
+  std::vector<queue::enqueue_result> results(2);
+  for (int i = 0; i < 2; ++i)
+    f.s->enqueue({{"s1", big, to}}, [&, i](queue::enqueue_result&& r) {
+      results[static_cast<std::size_t>(i)] = std::move(r);
+      ++ended;
+    });
+  std::this_thread::sleep_for(50ms);
+  CHECK(ended == 0); // waiting: the deadline (10 s on the manual clock) is far
+  f.s->expire_waiting();
+  CHECK(ended == 2); // when it returns, the callbacks have run
+  for (auto& r : results) {
+    CHECK(r.ec == errc::timeout);
+    CHECK(r.status.empty());
+  }
+  f.s->expire_waiting(); // nothing waits: returns at once
+  // The store goes on as before.
+  std::string small(50, 's');
+  CHECK_FALSE(f.s->enqueue_wait({{"s1", small, to}}).ec);
   f.check_accounting();
 }
 
