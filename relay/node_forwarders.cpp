@@ -254,6 +254,9 @@ private:
       auto b = n_.store->read_batch_visit(id_, max_batch_segments, config().batch_max_bytes,
                                           [&](std::span<const queue::segment_out> segs) { spool(segs, o); });
       if (!b || b->segments == 0) {
+        // Nothing ready: whatever a crash left spooled and still queued has
+        // been read (and acked) by now, so the ids it left need not be kept.
+        if (b && !recent_.empty()) recent_.clear();
         if (!pause(50ms)) return;
         continue;
       }
@@ -290,20 +293,30 @@ private:
         std::lock_guard lk(mu_);
         ++acks_in_flight_;
       }
-      n_.store->ack(id_, std::move(keys), [this, created = std::move(o.created)](boost::system::error_code ec) {
-        if (!ec) {
-          shared_->metrics.attempt(attempt_result::ok);
-          const auto now = n_.now_ms();
-          for (auto c : created)
-            shared_->metrics.delivered(c, now);
-        }
-        {
-          std::lock_guard lk(mu_);
-          if (ec) last_error_ = "ack after spool write failed: " + ec.message();
-          --acks_in_flight_;
-        }
-        cv_.notify_all();
-      });
+      auto acked = keys; // to remember them if the ack fails: they are in the spool already
+      n_.store->ack(id_, std::move(keys),
+                    [this, acked = std::move(acked), created = std::move(o.created)](boost::system::error_code ec) {
+                      if (!ec) {
+                        shared_->metrics.attempt(attempt_result::ok);
+                        const auto now = n_.now_ms();
+                        for (auto c : created)
+                          shared_->metrics.delivered(c, now);
+                      }
+                      {
+                        std::lock_guard lk(spooled_mu_);
+                        if (ec)
+                          spooled_unacked_.insert(acked.begin(), acked.end());
+                        else if (!spooled_unacked_.empty())
+                          for (auto k : acked)
+                            spooled_unacked_.erase(k);
+                      }
+                      {
+                        std::lock_guard lk(mu_);
+                        if (ec) last_error_ = "ack after spool write failed: " + ec.message();
+                        --acks_in_flight_;
+                      }
+                      cv_.notify_all();
+                    });
     }
   }
   // What spool() did with one batch it was shown.
@@ -324,22 +337,24 @@ private:
     o.keys.reserve(segs.size());
     o.created.reserve(segs.size());
     std::uint64_t bytes = 0;
-    bool all_known = !recent_.empty();
+    std::unique_lock sl(spooled_mu_);
+    if (spooled_unacked_.empty()) sl.unlock();
     for (auto& s : segs) {
       o.keys.push_back(s.key);
       o.created.push_back(s.created_ms);
-      if (!recent_.empty() && recent_.count(std::string(s.id))) continue; // spooled before a crash
-      all_known = false;
+      // Spooled before a crash (its ids are kept until the queue has nothing
+      // ready: segments in backoff can come before them), or spooled by an
+      // append whose ack then failed: acked again, not written twice.
+      if (!recent_.empty() && recent_.count(s.id)) continue;
+      if (sl.owns_lock() && spooled_unacked_.count(s.key)) continue;
       recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
       bytes += s.payload.size() + s.id.size() + s.stream.size();
     }
+    if (sl.owns_lock()) sl.unlock();
     if (!recs.empty() && !shared_->limiter->check(bytes).allowed) {
       o.held = bytes;
       return;
     }
-    // What a crash left spooled and queued is the head of the queue; once a
-    // batch goes past it, nothing later can be in the spool.
-    if (!recent_.empty() && !all_known) recent_.clear();
     if (recs.empty()) return;
     o.appended = spool_->append(recs, o.wire);
   }
@@ -359,7 +374,16 @@ private:
   std::shared_ptr<spool_slot> spool_ = std::make_shared<spool_slot>();
   std::shared_ptr<spool_direct> direct_;
   std::shared_ptr<registration> reg_ = std::make_shared<registration>();
-  std::unordered_set<std::string> recent_; // ids at the spool's end when it was opened
+  struct id_hash { // lookups by string_view, without a string per segment
+    using is_transparent = void;
+    std::size_t operator()(std::string_view v) const noexcept { return std::hash<std::string_view>{}(v); }
+  };
+  std::unordered_set<std::string, id_hash, std::equal_to<>> recent_; // ids at the spool's end when it was opened
+  // Queue keys in the spool whose ack failed (a failed group commit): when
+  // they are read again they are acked without a second append. Keys are
+  // never reused, so one is dropped once its ack succeeds.
+  std::mutex spooled_mu_;
+  std::unordered_set<std::uint64_t> spooled_unacked_;
   std::size_t acks_in_flight_ = 0;
   std::string last_error_;
 };
