@@ -61,7 +61,8 @@ boost::system::result<http_reply, error> https_call(net::ssl::context& tls, cons
                                                     const std::string& host, std::uint16_t port,
                                                     const std::string& target, const std::string& server_name,
                                                     const std::string& body, const std::string& content_type,
-                                                    std::chrono::milliseconds timeout) {
+                                                    std::chrono::milliseconds timeout, std::uint64_t* request_bytes) {
+  if (request_bytes) *request_bytes = 0;
   net::io_context io;
   beast::ssl_stream<beast::tcp_stream> s(io, tls);
   const std::string where = "https://" + host + ":" + std::to_string(port) + target;
@@ -87,7 +88,8 @@ boost::system::result<http_reply, error> https_call(net::ssl::context& tls, cons
     s.async_handshake(net::ssl::stream_base::client, [&](beast::error_code e2) {
       if ((ec = e2)) return;
       stage = "request";
-      http::async_write(s, req, [&](beast::error_code e3, std::size_t) {
+      http::async_write(s, req, [&](beast::error_code e3, std::size_t written) {
+        if (request_bytes) *request_bytes = written;
         if ((ec = e3)) return;
         stage = "response";
         http::async_read(s, buf, p, [&](beast::error_code e4, std::size_t) { ec = e4; });

@@ -29,10 +29,12 @@ namespace edgerelay::relay {
 
 // One HTTPS request with mutual TLS: the server's certificate must name
 // server_name (checked by `tls`, a client context from transport/tls.hpp).
-boost::system::result<http_reply, error> https_call(boost::asio::ssl::context& tls, const std::string& method,
-                                                    const std::string& host, std::uint16_t port,
-                                                    const std::string& target, const std::string& server_name,
-                                                    const std::string& body, const std::string& content_type,
-                                                    std::chrono::milliseconds timeout);
+// `request_bytes`, when given, receives the bytes of the HTTP request
+// (headers and body) written to the TLS stream: 0 when the connection or the
+// handshake failed, whatever the outcome after that.
+boost::system::result<http_reply, error>
+https_call(boost::asio::ssl::context& tls, const std::string& method, const std::string& host, std::uint16_t port,
+           const std::string& target, const std::string& server_name, const std::string& body,
+           const std::string& content_type, std::chrono::milliseconds timeout, std::uint64_t* request_bytes = nullptr);
 
 } // namespace edgerelay::relay

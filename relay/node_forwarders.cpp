@@ -443,24 +443,38 @@ private:
         n_.store->release(id_, keys);
         return;
       }
-      count_wire(body.size());
       auto t0 = std::chrono::steady_clock::now();
       auto ctx = tls_->current();
+      std::uint64_t written = 0;
       auto r = https_call(*ctx, "POST", cfg.host, cfg.port, cfg.target.empty() ? "/" : cfg.target,
                           cfg.server_name.empty() ? cfg.host : cfg.server_name, body, "application/json",
-                          cfg.dial_timeout + cfg.ack_timeout);
+                          cfg.dial_timeout + cfg.ack_timeout, &written);
+      // What went onto the connection: nothing when it or its handshake failed.
+      if (written) count_wire(written);
       {
         std::lock_guard lk(mu_);
-        last_bytes_ = body.size();
+        last_bytes_ = written;
         last_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
       }
       if (r && r->status >= 200 && r->status < 300) {
-        if (!n_.store->ack_wait(id_, keys)) {
-          shared_->metrics.attempt(attempt_result::ok);
-          const auto now = n_.now_ms();
-          for (auto& sg : b->segments)
-            shared_->metrics.delivered(sg.created_ms, now);
+        // The endpoint has the batch: acknowledge it until that commits (a
+        // failed group commit, say on a full disk), never by posting it again.
+        for (;;) {
+          auto ec = n_.store->ack_wait(id_, keys);
+          if (!ec) break;
+          {
+            std::lock_guard lk(mu_);
+            last_error_ = "ack after a delivered POST failed (retried): " + ec.message();
+          }
+          if (!pause(1s)) {
+            n_.store->release(id_, keys);
+            return;
+          }
         }
+        shared_->metrics.attempt(attempt_result::ok);
+        const auto now = n_.now_ms();
+        for (auto& sg : b->segments)
+          shared_->metrics.delivered(sg.created_ms, now);
         failures = 0;
         std::lock_guard lk(mu_);
         state_ = connected;

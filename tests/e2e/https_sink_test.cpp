@@ -147,3 +147,24 @@ TEST_CASE("an https peer's 5xx answers are retried and its 4xx answers dead-lett
   REQUIRE(f.wait_until([&] { return f.total("delivered") == 1; }));
   CHECK(f.total("loss") == 0);
 }
+
+TEST_CASE("an https peer counts on the wire only what a POST wrote: nothing while the endpoint is down",
+          "[e2e][https][bandwidth]") {
+  https_fixture f;
+  f.start_edge(1000);
+  f.send(1);
+  REQUIRE(f.wait_until([&] { return f.total("delivered") == 1; }));
+  auto sent = [&] {
+    return f.edge->status().at("peers").as_array()[0].as_object().at("bytes_sent").to_number<std::int64_t>();
+  };
+  const auto one_post = sent();
+  CHECK(one_post > 200); // the request as written: headers and the JSON body
+  // The endpoint goes away: attempts fail at the connect, and count nothing (they used to count the body
+  // each time, against a daily quota too).
+  f.srv->stop();
+  f.send(1);
+  REQUIRE(f.wait_until(
+      [&] { return f.edge->status().at("peers").as_array()[0].as_object().at("attempts").to_number<int>() >= 3; }));
+  CHECK(sent() == one_post);
+  CHECK(f.total("queued") == 1);
+}
