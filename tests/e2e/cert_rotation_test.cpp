@@ -317,7 +317,7 @@ std::pair<std::filesystem::path, std::filesystem::path> future_server_cert(const
     std::tm tm{};
     gmtime_r(&tt, &tm);
     char b[32];
-    std::strftime(b, sizeof b, "%y%m%d%H%M%SZ", &tm);
+    std::strftime(b, sizeof b, "%Y%m%d%H%M%SZ", &tm); // GeneralizedTime, which openssl ca takes too
     return std::string(b);
   };
   const auto now = std::chrono::system_clock::now();
