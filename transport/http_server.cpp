@@ -225,6 +225,7 @@ private:
     if (ec) return fail_request(400, "bad_request", "malformed HTTP request: " + ec.message());
 
     http_request req = parser_->release();
+    if (!still_trusted()) return;
     if (websocket::is_upgrade(req)) {
       if (!srv_.handler.accept_websocket(req, who_)) {
         responder r(std::make_shared<sink>(this->shared_from_this()), req.version(), false);
@@ -236,6 +237,33 @@ private:
     keep_alive_ = req.keep_alive();
     responder r(std::make_shared<sink>(this->shared_from_this()), req.version(), keep_alive_);
     srv_.handler.on_request(std::move(req), who_, std::move(r));
+  }
+
+  // A keep-alive connection outlives a reload of the listener's material: a
+  // new CRL, CA or allow list applies to each request on it, not only to the
+  // next handshake. A client no longer trusted is refused (403) and the
+  // connection closed. (Relay sessions are re-checked by the node itself.)
+  bool still_trusted() {
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      return true;
+    } else {
+      if (!who_.peer_certs || !srv_.tls) return true;
+      auto snap = srv_.tls->snapshot();
+      if (snap.context == (checked_ ? checked_ : ctx_)) return true;
+      std::string detail;
+      auto f = who_.peer_certs->reverify(*snap.context, &detail);
+      if (f == tls_failure::none)
+        f = authorize_peer(stream_.native_handle(), snap.files ? snap.files->allow : std::vector<std::string>{},
+                           &detail);
+      if (f != tls_failure::none) {
+        detail = "certificate no longer trusted after the TLS material was reloaded: " + detail;
+        srv_.handler.on_refused(who_, to_string(f), detail);
+        fail_request(403, to_string(f), detail);
+        return false;
+      }
+      checked_ = snap.context; // trusted under the new material: checked once per reload
+      return true;
+    }
   }
 
   void upgrade(http_request req) {
@@ -283,8 +311,9 @@ private:
   http_server::impl& srv_;
   std::shared_ptr<http_server> owner_; // keeps srv_ alive as long as the session (e.g. pending in a stopped io_context)
   Stream stream_;
-  std::shared_ptr<net::ssl::context> ctx_; // keeps the context alive for the stream
-  std::shared_ptr<const tls_files> files_; // the allow list that goes with ctx_
+  std::shared_ptr<net::ssl::context> ctx_;     // keeps the context alive for the stream
+  std::shared_ptr<const tls_files> files_;     // the allow list that goes with ctx_
+  std::shared_ptr<net::ssl::context> checked_; // the newer material the client was re-checked against, if any
   connection_info who_;
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;

@@ -23,6 +23,9 @@
 #include "transport/pki.hpp"
 #include "transport/tls.hpp"
 
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
@@ -401,6 +404,71 @@ TEST_CASE("a certificate refused as not yet valid goes in force once it is: on a
     CHECK(listen_tls(*n).at("rotations").to_number<int>() == 1);
     n->stop();
   }
+}
+
+TEST_CASE("a client revoked by a reloaded CRL is refused on its open HTTPS keep-alive connection to the ingest "
+          "listener",
+          "[e2e][tls][rotation]") {
+  test::temp_dir dir("ingest-keepalive-revoked");
+  auto p = transport::pki_init(dir / "pki");
+  REQUIRE(p.has_value());
+  auto n = test::start_node(relay::parse_config(
+      "[node]\nid = \"n\"\ndata_dir = " + q(dir / "data") +
+          "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[ingest.tls]\ncert = " + q(p->server_cert) +
+          "\nkey = " + q(p->server_key) + "\nca = " + q(p->ca_cert) + "\ncrl = " + q(p->crl) +
+          "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\n"
+          "url = \"file://" +
+          (dir / "spool").string() + "\"\n",
+      "n.toml", dir.path()));
+  namespace beast = boost::beast;
+  namespace http = beast::http;
+  namespace net = boost::asio;
+  auto cctx = transport::make_client_context(p->client_files(), "localhost");
+  REQUIRE(cctx.has_value());
+  net::io_context io;
+  beast::ssl_stream<beast::tcp_stream> s(io, **cctx);
+  REQUIRE(transport::prepare_client_ssl(s.native_handle(), "localhost").has_value());
+  beast::get_lowest_layer(s).expires_after(20s);
+  beast::get_lowest_layer(s).connect({net::ip::make_address("127.0.0.1"), port_of(n->address("ingest"))});
+  s.handshake(net::ssl::stream_base::client);
+  auto post = [&](const std::string& body) {
+    http::request<http::string_body> req{http::verb::post, "/v1/streams/s/segments", 11};
+    req.set(http::field::host, "localhost");
+    req.keep_alive(true);
+    req.body() = body;
+    req.prepare_payload();
+    http::write(s, req);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(s, buf, res);
+    return res;
+  };
+  CHECK(post("before").result_int() == 201);
+  auto tls_rotations = [&] {
+    auto r = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
+    REQUIRE(r.has_value());
+    const auto st = json::parse(r->body);
+    for (auto& t : st.at("tls").as_array())
+      if (t.as_object().at("name") == "ingest") return t.as_object().at("rotations").to_number<int>();
+    return -1;
+  };
+  REQUIRE(transport::add_revoked(dir / "pki", p->client_cert).has_value());
+  REQUIRE(eventually([&] { return tls_rotations() == 1; }));
+  // The same connection: refused now, and closed.
+  auto res = post("after");
+  INFO(res.body());
+  CHECK(res.result_int() == 403);
+  CHECK(res.body().find("revoked") != std::string::npos);
+  beast::flat_buffer buf;
+  http::response<http::string_body> more;
+  beast::error_code ec;
+  http::read(s, buf, more, ec);
+  CHECK(ec); // closed by the node
+  // Only the first write was stored.
+  auto st = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
+  REQUIRE(st.has_value());
+  CHECK(json::parse(st->body).at("totals").at("accepted").to_number<int>() == 1);
+  n->stop();
 }
 
 TEST_CASE("GET /readyz turns unready before the node's own certificate expires", "[e2e][tls]") {
