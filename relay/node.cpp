@@ -1,5 +1,7 @@
 #include "relay/node_impl.hpp"
 
+#include <set>
+
 namespace edgerelay::relay {
 
 // ------------------------------------------------------------ status & metrics
@@ -207,13 +209,19 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
           "listen.address");
   // TLS material and allow lists of the listeners: new handshakes use them,
   // live connections continue. A broken file keeps the old material.
+  // A change that fails keeps the old section in the config in force (below),
+  // so the next reload tries it again, and is reported like a refused rotation.
+  std::set<std::string> tls_kept;
   auto reload_tls = [&](const char* name, transport::tls_material* m, const std::optional<server_tls>& was,
                         const std::optional<server_tls>& now) {
     if (!m || !now || (was && *was == *now)) return;
-    if (auto r = m->reload(to_transport(now->files, now->allow)); !r)
+    if (auto r = m->reload(to_transport(now->files, now->allow)); !r) {
       rep.failed.push_back(std::string(name) + ": " + r.error().message + " (the old material stays in use)");
-    else
+      tls_kept.insert(name);
+      note_tls_failure(name, "reload", r.error().message, now->files.cert.string());
+    } else {
       rep.applied.push_back(std::string(name) + ": TLS material and allow list");
+    }
   };
   auto opt_tls = [](const auto& sec, auto member) -> std::optional<server_tls> {
     if (!sec) return std::nullopt;
@@ -247,6 +255,7 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
         auto f = make_forwarder(np, pr->id, pr->shared);
         if (!f) {
           rep.failed.push_back(f.error().message + " (the peer keeps its old settings)");
+          tls_kept.insert("peer:" + np.name);
           fresh->push_back(was);
           continue;
         }
@@ -319,6 +328,13 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   published->evidence = cur->evidence;
   if (published->ingest && cur->ingest) published->ingest->listen = cur->ingest->listen;
   if (published->listen && cur->listen) published->listen->address = cur->listen->address;
+  // What could not be applied keeps its old settings in force too.
+  if (tls_kept.count("listen") && published->listen && cur->listen) published->listen->tls = cur->listen->tls;
+  if (tls_kept.count("ingest") && published->ingest && cur->ingest) published->ingest->tls = cur->ingest->tls;
+  for (auto& pp : published->peers)
+    if (tls_kept.count("peer:" + pp.name))
+      for (auto& op : *old_peers)
+        if (op->cfg.name == pp.name) pp = op->cfg;
   {
     std::lock_guard lk(live_mu);
     peers = fresh;
@@ -445,7 +461,7 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
     }
     // Unchanged files are tried again only after a refusal: on an explicit
     // reload, and (cause "retry") when the refusal was for a time not reached yet.
-    const bool failed = !it->second.last_error.empty();
+    const bool failed = it->second.refresh_failed;
     const bool again = failed && (std::string_view(cause) == "reload" ||
                                   (std::string_view(cause) == "retry" && it->second.retry_later));
     if (it->second.fingerprint == fp && !again) return 0;
@@ -461,9 +477,8 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
       crl_changed = !files->crl.empty();
       slot.crl_checksum = crl_sum;
     }
+    slot.refresh_failed = !r;
     if (!r) {
-      ++slot.failures;
-      slot.last_error = r.error().message;
       slot.retry_later = r.error().code == transport::tls_errc::cert_not_yet_valid ||
                          r.error().message.find(" is not valid before ") != std::string::npos;
     } else {
@@ -474,11 +489,8 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
     }
   }
   if (!r) {
-    mx.tls_rotations.labels({name, "failed"}).inc();
-    spdlog::error("tls {}: changed files not used ({}); the previous material stays in force: {}", name, cause,
-                  r.error().message);
+    note_tls_failure(name, cause, r.error().message, m->snapshot().files->cert.string());
     if (message) *message = "tls " + name + ": " + r.error().message + " (the previous material stays in use)";
-    audit->cert_reload_failed(name, m->snapshot().files->cert.string(), r.error().message);
     return -1;
   }
   mx.tls_rotations.labels({name, "applied"}).inc();
@@ -498,6 +510,19 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
     recheck_sessions(name, *m);
   if (message) *message = "tls " + name + ": changed certificate, key, CA or CRL files";
   return 1;
+}
+
+void node::impl::note_tls_failure(const std::string& name, const char* cause, const std::string& message,
+                                  const std::string& cert) {
+  {
+    std::lock_guard lk(tls_mu);
+    auto& slot = tls_slots[name];
+    ++slot.failures;
+    slot.last_error = message;
+  }
+  mx.tls_rotations.labels({name, "failed"}).inc();
+  spdlog::error("tls {}: changed files not used ({}); the previous material stays in force: {}", name, cause, message);
+  audit->cert_reload_failed(name, cert, message);
 }
 
 void node::impl::refresh_all_tls(const char* cause) {

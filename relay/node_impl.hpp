@@ -207,6 +207,7 @@ struct node::impl {
     // certificate's notBefore, a CRL's lastUpdate): retried by the
     // maintenance timer until they go in force or change.
     bool retry_later = false;
+    bool refresh_failed = false; // the files in force were changed and refused: a reload tries them again
   };
   mutable std::mutex tls_mu;
   std::mutex tls_refresh_mu; // one refresh at a time (the watcher's thread, reloads)
@@ -333,6 +334,10 @@ struct node::impl {
   // re-checks the live sessions it authenticates. Any thread.
   // Returns 0 unchanged (or first sight), 1 applied, -1 refused (message says why).
   int refresh_tls(const std::string& name, const char* cause, std::string* message = nullptr);
+  // A change of TLS files that was refused: status tls[].failures and
+  // last_error, the rotations metric {result="failed"}, the log, the audit log.
+  void note_tls_failure(const std::string& name, const char* cause, const std::string& message,
+                        const std::string& cert);
   void refresh_all_tls(const char* cause);
   void track_session(const char* listener, const std::shared_ptr<transport::ws_channel>& ch,
                      const transport::connection_info& who);

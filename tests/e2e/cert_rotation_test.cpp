@@ -471,6 +471,62 @@ TEST_CASE("a client revoked by a reloaded CRL is refused on its open HTTPS keep-
   n->stop();
 }
 
+TEST_CASE("a reload that moves a listener to new TLS files that fail keeps the old ones, reports it, and applies the "
+          "files once they are fixed",
+          "[e2e][tls][rotation]") {
+  test::temp_dir dir("tls-path-reload");
+  auto p = transport::pki_init(dir / "pki");
+  REQUIRE(p.has_value());
+  // A second server certificate from the same CA, at other paths.
+  std::filesystem::copy(dir / "pki", dir / "pki2");
+  REQUIRE(transport::pki_reissue(dir / "pki2", transport::pki_leaf::server).has_value());
+  const auto file = dir / "hub.toml";
+  auto cfg = [&](const std::filesystem::path& pki) {
+    return "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
+           "\n[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(pki / "server.pem") +
+           "\nkey = " + q(pki / "server.key") + "\nca = " + q(p->ca_cert) +
+           "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\n"
+           "url = \"file://" +
+           (dir / "spool").string() + "\"\n";
+  };
+  test::write_file(file, cfg(dir / "pki"));
+  auto n = test::start_node(relay::load_config(file));
+  auto listen_tls = [&] {
+    auto r = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
+    REQUIRE(r.has_value());
+    const auto st = json::parse(r->body);
+    for (auto& t : st.at("tls").as_array())
+      if (t.as_object().at("name") == "listen") return t.as_object();
+    FAIL("no tls entry listen");
+    return json::object{};
+  };
+  auto reload = [&] {
+    auto r = relay::http_call("POST", "http://" + n->address("admin") + "/v1/reload");
+    REQUIRE(r.has_value());
+    return r->body;
+  };
+  const auto serial0 = listen_tls().at("serial");
+  const auto good_key = test::slurp(dir / "pki2" / "server.key");
+  test::write_file(dir / "pki2" / "server.key", test::slurp(p->ca_key)); // not the certificate's key
+  test::write_file(file, cfg(dir / "pki2"));
+  auto body = reload();
+  INFO(body);
+  CHECK(body.find("listen: private key") != std::string::npos);
+  auto t = listen_tls();
+  CHECK(t.at("serial") == serial0);
+  CHECK(t.at("failures").to_number<int>() == 1);
+  CHECK(std::string(t.at("last_error").as_string()).find("does not match") != std::string::npos);
+  // The new files fixed: the next reload applies them (it used to answer "nothing changed").
+  test::write_file(dir / "pki2" / "server.key", good_key);
+  body = reload();
+  INFO(body);
+  CHECK(body.find("listen: TLS material and allow list") != std::string::npos);
+  t = listen_tls();
+  CHECK(t.at("serial") != serial0);
+  CHECK(t.at("last_error") == "");
+  n->stop();
+}
+
 TEST_CASE("GET /readyz turns unready before the node's own certificate expires", "[e2e][tls]") {
   test::temp_dir dir("readyz-expiry");
   transport::pki_options o;
