@@ -282,9 +282,11 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
       pr->id = *id;
       pr->shared = was ? was->shared : new_peer_shared(np.name);
       if (!pr->shared->limiter) {
-        auto l = bandwidth::limiter::create(to_policy(np.bandwidth), *clk);
+        // Its quota usage of this period, if the store has one (a peer of
+        // that name was configured before): a new name is not a fresh quota.
+        auto l = make_limiter(pr->id, np.bandwidth);
         if (!l) {
-          rep.failed.push_back("peer " + np.name + ": bandwidth: " + l.error().message);
+          rep.failed.push_back("peer " + np.name + ": " + l.error());
           continue;
         }
         pr->shared->limiter = std::move(*l);
@@ -512,6 +514,17 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
   return 1;
 }
 
+boost::system::result<std::unique_ptr<bandwidth::limiter>, std::string>
+node::impl::make_limiter(queue::peer_id id, const bandwidth_section& bw) {
+  auto saved = store->load_quota_state(id);
+  if (!saved) return "cannot read its quota state: " + saved.error().message();
+  std::optional<bandwidth::quota_state> persisted;
+  if (*saved) persisted = bandwidth::quota_state{(*saved)->period_start_unix_ms, (*saved)->used_bytes};
+  auto l = bandwidth::limiter::create(to_policy(bw), *clk, persisted);
+  if (!l) return "bandwidth: " + l.error().message;
+  return std::move(*l);
+}
+
 void node::impl::note_tls_failure(const std::string& name, const char* cause, const std::string& message,
                                   const std::string& cert) {
   {
@@ -656,14 +669,8 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
     pr->shared = m->new_peer_shared(p.name);
     // The quota used so far in this period survives restarts (a reset passed
     // meanwhile starts a fresh period).
-    auto saved = m->store->load_quota_state(*id);
-    if (!saved)
-      return error{saved.error(), "peer " + p.name + ": cannot read its quota state: " + saved.error().message()};
-    std::optional<bandwidth::quota_state> persisted;
-    if (*saved) persisted = bandwidth::quota_state{(*saved)->period_start_unix_ms, (*saved)->used_bytes};
-    auto l = bandwidth::limiter::create(to_policy(p.bandwidth), *m->clk, persisted);
-    if (!l)
-      return error{make_error_code(errc::invalid_argument), "peer " + p.name + ": bandwidth: " + l.error().message};
+    auto l = m->make_limiter(*id, p.bandwidth);
+    if (!l) return error{make_error_code(errc::invalid_argument), "peer " + p.name + ": " + l.error()};
     pr->shared->limiter = std::move(*l);
     ps->push_back(std::move(pr));
   }
@@ -681,8 +688,8 @@ boost::system::result<std::unique_ptr<node>, error> node::create(node_config cfg
     pr->id = id;
     pr->removed = true;
     pr->shared = m->new_peer_shared(name);
-    auto l = bandwidth::limiter::create(bandwidth::policy{}, *m->clk, std::nullopt);
-    if (!l) return error{make_error_code(errc::invalid_argument), "peer " + name + ": bandwidth: " + l.error().message};
+    auto l = m->make_limiter(id, bandwidth_section{}); // its saved quota usage, for when it is configured again
+    if (!l) return error{make_error_code(errc::invalid_argument), "peer " + name + ": " + l.error()};
     pr->shared->limiter = std::move(*l);
     pr->shared->quota_saved_version = pr->shared->limiter->quota_version(); // it sends nothing: its saved quota stays
     ps->push_back(std::move(pr));

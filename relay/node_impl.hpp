@@ -338,6 +338,9 @@ struct node::impl {
   // last_error, the rotations metric {result="failed"}, the log, the audit log.
   void note_tls_failure(const std::string& name, const char* cause, const std::string& message,
                         const std::string& cert);
+  // A peer's limiter with `bw`, carrying the quota usage the store saved for it.
+  boost::system::result<std::unique_ptr<bandwidth::limiter>, std::string> make_limiter(queue::peer_id id,
+                                                                                       const bandwidth_section& bw);
   void refresh_all_tls(const char* cause);
   void track_session(const char* listener, const std::shared_ptr<transport::ws_channel>& ch,
                      const transport::connection_info& who);

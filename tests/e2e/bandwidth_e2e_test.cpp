@@ -185,6 +185,46 @@ TEST_CASE("segments a crash left spooled and queued are not spooled again when o
   edge->stop();
 }
 
+TEST_CASE("a peer configured again by a reload after a start without it keeps the quota it used in the period",
+          "[e2e][bandwidth][reload]") {
+  test::temp_dir dir{"bw-quota-readd"};
+  util::manual_clock clk(day0 + 10h);
+  auto file = dir / "edge.toml";
+  const auto with_spool = terminal_node(dir.path(), "{daily_quota = \"1MiB\"}");
+  const auto without_spool = "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "data") +
+                             "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+                             "[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"other\"\nurl = \"file://" +
+                             (dir / "other").string() + "\"\n";
+  write_file(file, with_spool);
+  auto edge = start_node(file, &clk);
+  post_segments(*edge, 10, 500);
+  REQUIRE(eventually([&] { return num(edge->status().at("totals").at("delivered")) == 10; }));
+  auto used = [&] {
+    const auto st = edge->status();
+    for (auto& pv : st.at("peers").as_array())
+      if (pv.as_object().at("name") == "spool") return num(pv.as_object().at("bandwidth").at("quota_used_bytes"));
+    return std::int64_t{-1};
+  };
+  const auto spent = used();
+  REQUIRE(spent > 5000);
+  edge->stop();
+  edge.reset();
+  // A start whose file lacks the peer (maintenance, a template mistake), then the peer comes back by a reload.
+  write_file(file, without_spool);
+  edge = start_node(file, &clk);
+  write_file(file, with_spool);
+  auto r = relay::http_call("POST", "http://" + edge->address("admin") + "/v1/reload");
+  REQUIRE(r.has_value());
+  INFO(r->body);
+  CHECK_THAT(r->body, Contains("peer spool: re-added"));
+  CHECK(used() == spent); // not a fresh quota
+  edge->stop();
+  edge.reset();
+  edge = start_node(file, &clk);
+  CHECK(used() == spent); // and the saved usage was not overwritten
+  edge->stop();
+}
+
 TEST_CASE("outside its send window a peer holds, and it starts sending when the window opens across midnight",
           "[e2e][bandwidth]") {
   test::temp_dir dir{"bw-window"};
