@@ -142,8 +142,12 @@ void node::impl::collect_metrics() {
   for (auto& g : watch_groups()) {
     std::shared_ptr<forwarder> keep;
     if (auto* t = tls_material_of(g.name, keep))
-      if (auto ci = transport::context_cert_info(*t->current()))
-        m.tls_cert_expiry.labels({g.name}).set(static_cast<double>(ci->not_after_unix));
+      if (auto ctx = t->current()) {
+        if (auto ci = transport::context_cert_info(*ctx))
+          m.tls_cert_expiry.labels({g.name}).set(static_cast<double>(ci->not_after_unix));
+        if (auto next = transport::context_crl_next_update(*ctx))
+          mx.crl_next_update.labels({g.name}).set(static_cast<double>(*next));
+      }
   }
   for (auto& [result, n] : canary->round_counts())
     m.canary_rounds.labels({result}).set(n);
@@ -585,11 +589,16 @@ json::array node::impl::tls_status() const {
     auto* m = tls_material_of(g.name, keep);
     if (!m) continue;
     json::object o{{"name", g.name}};
-    if (auto ci = transport::context_cert_info(*m->current())) {
+    const auto ctx = m->current();
+    if (auto ci = transport::context_cert_info(*ctx)) {
       o["subject"] = ci->subject;
       o["serial"] = ci->serial;
       o["not_after"] = ci->not_after_unix;
       o["not_after_utc"] = utc_of_unix(ci->not_after_unix);
+    }
+    if (auto next = transport::context_crl_next_update(*ctx)) {
+      o["crl_next_update"] = *next;
+      o["crl_next_update_utc"] = utc_of_unix(*next);
     }
     std::lock_guard lk(tls_mu);
     auto it = tls_slots.find(g.name);
@@ -614,15 +623,28 @@ std::vector<std::string> node::impl::readiness_problems() const {
     std::shared_ptr<forwarder> keep;
     auto* m = tls_material_of(g.name, keep);
     if (!m) continue;
-    auto ci = transport::context_cert_info(*m->current());
-    if (!ci) continue;
-    const std::int64_t left_ms = ci->not_after_unix * 1000 - now;
-    if (left_ms > margin.count()) continue;
-    out.push_back("tls " + g.name + ": certificate " + ci->subject + " (serial " + ci->serial + ") " +
-                  (left_ms <= 0 ? "expired at " : "expires at ") + utc_of_unix(ci->not_after_unix) +
-                  (left_ms <= 0 ? "" : ", in " + std::to_string(left_ms / 60000) + " min") +
-                  "; the node reports unready from node.unready_before_cert_expiry (" +
-                  std::to_string(margin.count() / 1000) + " s) before: install a renewed certificate");
+    auto ctx = m->current();
+    const auto in_words = [&](std::int64_t left_ms) {
+      return left_ms <= 0 ? std::string()
+                          : ", in " + util::format_duration(std::chrono::duration_cast<std::chrono::minutes>(
+                                          std::chrono::milliseconds(left_ms)));
+    };
+    const std::string why = "; the node reports unready from node.unready_before_cert_expiry (" +
+                            util::format_duration(margin) + ") before";
+    if (auto ci = transport::context_cert_info(*ctx)) {
+      const std::int64_t left_ms = ci->not_after_unix * 1000 - now;
+      if (left_ms <= margin.count())
+        out.push_back("tls " + g.name + ": certificate " + ci->subject + " (serial " + ci->serial + ") " +
+                      (left_ms <= 0 ? "expired at " : "expires at ") + utc_of_unix(ci->not_after_unix) +
+                      in_words(left_ms) + why + ": install a renewed certificate");
+    }
+    if (auto next = transport::context_crl_next_update(*ctx)) {
+      const std::int64_t left_ms = *next * 1000 - now;
+      if (left_ms <= margin.count())
+        out.push_back("tls " + g.name + ": the CRL in force " + (left_ms <= 0 ? "expired at " : "expires at ") +
+                      utc_of_unix(*next) + " (nextUpdate)" + in_words(left_ms) +
+                      (left_ms <= 0 ? "; every chain it covers is refused" : "") + why + ": install a new CRL");
+    }
   }
   return out;
 }

@@ -28,7 +28,11 @@ node_metrics::node_metrics()
                                       "Live connections closed because reloaded trust material (a new CRL or CA "
                                       "file) no longer trusts the other side, by listener (or peer:<name>) and "
                                       "reason.",
-                                      {"listener", "reason"})) {}
+                                      {"listener", "reason"})),
+      crl_next_update(reg.add_gauge("edgerelay_tls_crl_next_update_timestamp_seconds",
+                                    "Earliest nextUpdate of the CRLs in force for a TLS material (Unix time): once "
+                                    "it passes, every chain those CRLs cover is refused.",
+                                    {"name"})) {}
 
 peer_metrics node_metrics::for_peer(const std::string& name) {
   peer_metrics p;

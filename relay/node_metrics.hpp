@@ -41,6 +41,7 @@ struct node_metrics {
   telemetry::gauge_family& loss;              // edgerelay_loss_segments{peer}
   telemetry::counter_family& tls_rotations;   // edgerelay_tls_cert_rotations_total{name,result}
   telemetry::counter_family& sessions_closed; // edgerelay_tls_sessions_closed_total{listener,reason}
+  telemetry::gauge_family& crl_next_update;   // edgerelay_tls_crl_next_update_timestamp_seconds{name}
 
   peer_metrics for_peer(const std::string& name);
   void accepted(std::string_view stream, std::uint64_t n = 1) { m.segments_accepted.labels({stream}).inc(n); }

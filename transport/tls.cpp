@@ -749,6 +749,22 @@ std::optional<cert_info> context_cert_info(const ssl::context& ctx) {
   return get_cert_info(x);
 }
 
+std::optional<std::int64_t> context_crl_next_update(const ssl::context& ctx) {
+  X509_STORE* store = SSL_CTX_get_cert_store(const_cast<ssl::context&>(ctx).native_handle());
+  if (!store) return std::nullopt;
+  std::optional<std::int64_t> earliest;
+  STACK_OF(X509_OBJECT)* objs = X509_STORE_get0_objects(store);
+  for (int i = 0; i < sk_X509_OBJECT_num(objs); ++i) {
+    X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+    if (!crl) continue;
+    const ASN1_TIME* next = X509_CRL_get0_nextUpdate(crl);
+    if (!next) continue;
+    const auto at = asn1_unix(next);
+    if (!earliest || at < *earliest) earliest = at;
+  }
+  return earliest;
+}
+
 // ------------------------------------------------------------------ tls_material
 
 tls_result<std::unique_ptr<tls_material>> tls_material::create(tls_role role, tls_files files,

@@ -191,6 +191,10 @@ private:
 // force, which may differ from the file on disk after a failed reload.
 // nullopt for a context without a certificate.
 std::optional<cert_info> context_cert_info(const ssl::context& ctx);
+// The earliest nextUpdate (Unix seconds) of the CRLs a context checks peers
+// against: once it passes, OpenSSL refuses every chain those CRLs cover
+// ("CRL has expired"). nullopt without CRLs, or when none has a nextUpdate.
+std::optional<std::int64_t> context_crl_next_update(const ssl::context& ctx);
 
 enum class tls_role { server, client };
 

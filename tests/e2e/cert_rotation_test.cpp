@@ -557,6 +557,42 @@ TEST_CASE("GET /readyz turns unready before the node's own certificate expires",
     CHECK(r->body.find("\"ready\":true") != std::string::npos);
     n->stop();
   }
+  {
+    // The CRL is watched the same way: one that runs out inside the margin makes the node unready, and its
+    // nextUpdate is in status and in a metric (an expired CRL refuses every chain it covers).
+    transport::pki_options co;
+    co.crl_validity_days = 2;
+    auto c = transport::pki_init(dir / "pki-crl", co);
+    REQUIRE(c.has_value());
+    auto text = cfg("72h");
+    for (auto [from, to] : {std::pair{p->server_cert, c->server_cert}, std::pair{p->server_key, c->server_key},
+                            std::pair{p->ca_cert, c->ca_cert}}) {
+      auto at = text.find(q(from));
+      REQUIRE(at != std::string::npos);
+      text.replace(at, q(from).size(), q(to));
+    }
+    text.replace(text.find("\n[admin]"), 0, "\ncrl = " + q(c->crl));
+    auto n = test::start_node(relay::parse_config(text, "n.toml", dir.path()));
+    auto r = relay::http_call("GET", "http://" + n->address("admin") + "/readyz");
+    REQUIRE(r.has_value());
+    INFO(r->body);
+    CHECK(r->status == 503);
+    CHECK(r->body.find("tls listen: the CRL in force expires at") != std::string::npos);
+    CHECK(r->body.find("tls listen: certificate") == std::string::npos); // the certificate has a year
+    auto st = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
+    REQUIRE(st.has_value());
+    const auto sj = json::parse(st->body);
+    const auto next = sj.at("tls").as_array().at(0).as_object().at("crl_next_update").to_number<std::int64_t>();
+    const auto now_s =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    CHECK(next > now_s + 86400);
+    CHECK(next <= now_s + 2 * 86400 + 60);
+    auto mt = relay::http_call("GET", "http://" + n->address("admin") + "/metrics");
+    REQUIRE(mt.has_value());
+    CHECK(test::series_value(mt->body, "edgerelay_tls_crl_next_update_timestamp_seconds{name=\"listen\"}") ==
+          static_cast<double>(next));
+    n->stop();
+  }
   // The margin is live: a reload applies it both ways (it used to report "applied" and keep the old one).
   const auto file = dir / "n.toml";
   test::write_file(file, cfg("24h"));
