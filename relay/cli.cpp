@@ -15,6 +15,7 @@
 #include "relay/support_bundle.hpp"
 #include "telemetry/logging.hpp"
 #include "transport/pki.hpp"
+#include "transport/tls.hpp"
 #include "util/bytes.hpp"
 #include "util/checksum.hpp"
 #include "util/units.hpp"
@@ -65,21 +66,23 @@ int cmd_run(const std::string& file, const log_options& lo) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  // Exit 2 (not restarted by the unit) when what the file names cannot work
+  // as it is: TLS material that does not load, a data_dir of another node or
+  // of something else. 1 for what may pass on a retry (a port in use, a
+  // data_dir locked by a process that is stopping, I/O errors).
+  auto fail = [&](const error& e) {
+    if (json_logs)
+      spdlog::critical("edgerelay: {}", e.message);
+    else
+      std::cerr << "edgerelay: " << e.message << "\n";
+    const bool config_content =
+        (e.code.category() == transport::tls_category() && e.code != transport::tls_errc::openssl_failure) ||
+        e.code == errc::store_foreign || e.code == errc::store_corrupt || e.code == errc::invalid_argument;
+    return config_content ? 2 : 1;
+  };
   auto n = node::create(std::move(*cfg));
-  if (!n) {
-    if (json_logs)
-      spdlog::critical("edgerelay: {}", n.error().message);
-    else
-      std::cerr << "edgerelay: " << n.error().message << "\n";
-    return 1;
-  }
-  if (auto r = (*n)->start(); !r) {
-    if (json_logs)
-      spdlog::critical("edgerelay: {}", r.error().message);
-    else
-      std::cerr << "edgerelay: " << r.error().message << "\n";
-    return 1;
-  }
+  if (!n) return fail(n.error());
+  if (auto r = (*n)->start(); !r) return fail(r.error());
   std::string running = "edgerelay: node running: admin " + (*n)->address("admin");
   for (const char* l : {"ingest", "listen"})
     if (auto a = (*n)->address(l); !a.empty()) running += std::string(", ") + l + " " + a;

@@ -15,6 +15,7 @@
 using namespace edgerelay;
 using test::eventually;
 using test::slurp;
+using test::write_file;
 using namespace std::chrono_literals;
 namespace json = boost::json;
 using Catch::Matchers::Contains;
@@ -22,8 +23,6 @@ using Catch::Matchers::Contains;
 namespace {
 
 using test::q;
-
-void write_file(const std::filesystem::path& p, const std::string& s) { std::ofstream(p, std::ios::trunc) << s; }
 
 } // namespace
 
@@ -86,4 +85,26 @@ TEST_CASE("run --log-format json writes one JSON object per line and --log-level
     CHECK(r.code == 2);
     CHECK_THAT(r.out, Contains("--log-level"));
   }
+}
+
+TEST_CASE("run exits 2, which systemd does not restart, when files the config names cannot work as they are", "[cli]") {
+  test::temp_dir d("run-exit");
+  REQUIRE(test::run_edgerelay(d.path(), {"pki", "init", "--dir", (d / "pki").string()}).code == 0);
+  auto cfg = [&](const std::string& id, const std::string& key) {
+    return "[node]\nid = \"" + id + "\"\ndata_dir = " + q(d / "data") +
+           "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[listen]\naddress = "
+           "\"127.0.0.1:0\"\ncert = " +
+           q(d / "pki" / "server.pem") + "\nkey = " + q(d / "pki" / key) + "\nca = " + q(d / "pki" / "ca.pem") +
+           "\n[[peer]]\nname = \"s\"\nurl = \"file://" + (d / "spool").string() + "\"\n";
+  };
+  const auto file = d / "n.toml";
+  write_file(file, cfg("a", "ca.key")); // a key that is not the certificate's: check-config cannot tell
+  REQUIRE(test::run_edgerelay(d.path(), {"check-config", "--config", file.string()}).code == 0);
+  auto r = test::run_edgerelay(d.path(), {"run", "--config", file.string()});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Contains("does not match certificate"));
+  write_file(file, cfg("b", "server.key")); // the data_dir that node "a" made
+  r = test::run_edgerelay(d.path(), {"run", "--config", file.string()});
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Contains("belongs to node \"a\""));
 }
