@@ -106,13 +106,17 @@ int cmd_run(const std::string& file, const log_options& lo) {
   return 0;
 }
 
-int cmd_check(const std::string& file) {
-  auto cfg = load_config(file);
+int cmd_check(const std::string& file, bool check_files) {
+  parse_options po;
+  po.check_files = check_files;
+  auto cfg = load_config(file, po);
   if (!cfg) {
     std::cerr << to_string(cfg.error());
     return 2;
   }
-  std::cout << file << ": ok (" << cfg->peers.size() << " peers)\n";
+  const auto n = cfg->peers.size();
+  std::cout << file << ": ok (" << n << (n == 1 ? " peer" : " peers")
+            << (check_files ? "" : "; certificate, key, CA and CRL files not checked") << ")\n";
   return 0;
 }
 
@@ -390,6 +394,10 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "warning", "error", "critical", "off"}));
   auto* check = app.add_subcommand("check-config", "Validate a config file; print every problem");
   check->add_option("--config", config_file, "Config file (TOML)")->required();
+  bool check_no_files = false;
+  check->add_flag("--no-file-check", check_no_files,
+                  "Do not require the certificate, key, CA and CRL files to exist: for a file written for "
+                  "another machine (paths that exist only where it is deployed)");
 
   demo_options demo;
   std::string demo_dir;
@@ -429,7 +437,7 @@ int run_cli(int argc, char** argv) {
   std::string admin = "http://127.0.0.1:9310";
   bool as_json = false;
   auto* st = app.add_subcommand("status", "Show a node's status through its admin API");
-  st->add_option("--admin", admin, "Admin API URL");
+  st->add_option("--admin", admin, "Admin API URL")->capture_default_str();
   st->add_flag("--json", as_json, "Print the raw JSON");
 
   std::string spool_dir;
@@ -444,8 +452,8 @@ int run_cli(int argc, char** argv) {
   send_options so;
   auto* snd = app.add_subcommand("send", "Send segments to a node's ingest API (producer client and load generator)");
   snd->add_option("--url", so.url,
-                  "Ingest URL: http://127.0.0.1:9400 (HTTP), or ws://127.0.0.1:9400 / wss://... for the relay "
-                  "protocol (fast producers)")
+                  "Ingest URL: http://127.0.0.1:9300 (HTTP), or ws://127.0.0.1:9300/v1/relay / wss://... for the "
+                  "relay protocol (fast producers)")
       ->required();
   snd->add_option("--stream", so.stream, "Stream name")->required();
   auto* snd_file = snd->add_option("--file", so.file, "Send this file as one segment ('-' or none: standard input)");
@@ -472,7 +480,7 @@ int run_cli(int argc, char** argv) {
   // and widen the operation to every peer.
   const CLI::Validator& non_empty = non_empty_text;
   for (auto* c : {dl_list, dl_retry, dl_purge}) {
-    c->add_option("--admin", dlo.admin, "Admin API URL");
+    c->add_option("--admin", dlo.admin, "Admin API URL")->capture_default_str();
     c->add_option("--peer", dlo.peer, "Only this peer's entries")->check(non_empty);
   }
   dl_list->add_option("--stream", dlo.stream, "Only this stream")->check(non_empty);
@@ -558,7 +566,7 @@ int run_cli(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
   if (*run) return cmd_run(config_file, logo);
-  if (*check) return cmd_check(config_file);
+  if (*check) return cmd_check(config_file, !check_no_files);
   if (*dm) {
     if (!demo_dir.empty()) demo.dir = demo_dir;
     demo.timeout = std::chrono::seconds(demo_seconds);
