@@ -563,7 +563,11 @@ std::optional<std::int64_t> table_reader::integer(std::string_view key, std::int
   const auto* v = find(key);
   if (!v) return std::nullopt;
   if (!v->is_integer()) {
-    fail(key, "expected an integer, got " + describe(*v));
+    fail(key, "expected an integer " +
+                  (max == std::numeric_limits<std::int64_t>::max()
+                       ? "of at least " + std::to_string(min)
+                       : "from " + std::to_string(min) + " to " + std::to_string(max)) +
+                  ", got " + describe(*v));
     return std::nullopt;
   }
   const auto i = v->as_integer();
@@ -599,15 +603,21 @@ std::optional<double> table_reader::number(std::string_view key, double min, dou
 template <class E>
 std::optional<E> table_reader::choice(std::string_view key,
                                       std::initializer_list<std::pair<std::string_view, E>> options) const {
-  auto s = string(key);
-  if (!s) return std::nullopt;
   std::string names;
   for (const auto& [name, value] : options) {
-    if (*s == name) return value;
     names += names.empty() ? "" : " or ";
     names += quote80(name);
   }
-  fail(key, quote80(*s) + " is not one of " + names);
+  const auto* v = find(key);
+  if (!v) return std::nullopt;
+  if (!v->is_string()) {
+    fail(key, "expected " + names + ", got " + describe(*v));
+    return std::nullopt;
+  }
+  const auto& s = v->as_string().str;
+  for (const auto& [name, value] : options)
+    if (s == name) return value;
+  fail(key, quote80(s) + " is not one of " + names);
   return std::nullopt;
 }
 
@@ -705,11 +715,13 @@ void checker::read_queue(const table_reader& root, node_config& cfg) {
   auto t = root.table("queue", k_queue);
   if (!t) return;
   auto& q = cfg.queue;
-  if (auto v = t->size("max_bytes")) q.max_bytes = *v;
+  const auto max_bytes = t->size("max_bytes");
+  if (max_bytes) q.max_bytes = *max_bytes;
   if (auto v = t->size("max_segment_bytes")) {
-    if (*v > q.max_bytes)
-      t->fail("max_segment_bytes", "(" + util::format_size(*v) + ") must not exceed queue.max_bytes (" +
-                                       util::format_size(q.max_bytes) + ")");
+    // Compared only with a max_bytes that is valid (the file's, or the default when it has none).
+    if (*v > q.max_bytes && (max_bytes || !t->has("max_bytes")))
+      t->fail("max_segment_bytes",
+              util::format_size(*v) + " must not exceed queue.max_bytes (" + util::format_size(q.max_bytes) + ")");
     else
       q.max_segment_bytes = *v;
   }
@@ -803,7 +815,7 @@ std::optional<server_tls> checker::read_server_tls(const table_reader& t, bool c
   const auto errors_before = errors_.size();
   tls.allow = read_allow(t);
   if (errors_.size() != errors_before) ok = false;
-  if (!t.has("ca")) {
+  if (!t.has("ca") && !ca_required) { // a required ca that is missing is reported as such, above
     if (t.has("crl")) t.fail("crl", "has no effect without ca (client certificates are only checked against a ca)");
     if (t.has("allow")) t.fail("allow", "has no effect without ca (client certificates are only checked against a ca)");
   }
