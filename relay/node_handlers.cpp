@@ -231,7 +231,7 @@ void serve_relay_session(node::impl& n, const char* listener, std::shared_ptr<tr
 
 // A connection a listener refused at authentication or authorisation:
 // logged and audited; counted in tls_handshake_failures_total when `counted`
-// (the relay and ingest listeners).
+// (every listener with TLS does).
 void listener_refused(node::impl& n, const char* listener, const char* what, bool counted,
                       const transport::connection_info& who, std::string_view reason, std::string_view detail) {
   if (counted) n.count_refused(listener, reason);
@@ -380,7 +380,7 @@ class admin_handler final : public transport::http_handler {
 public:
   explicit admin_handler(node::impl& n) : n_(n) {}
   void on_refused(const transport::connection_info& who, std::string_view reason, std::string_view detail) override {
-    listener_refused(n_, "admin", "admin listener", false, who, reason, detail);
+    listener_refused(n_, "admin", "admin listener", true, who, reason, detail);
   }
   void on_request(transport::http_request&& req, const transport::connection_info& who,
                   transport::responder r) override {

@@ -527,6 +527,34 @@ TEST_CASE("a reload that moves a listener to new TLS files that fail keeps the o
   n->stop();
 }
 
+TEST_CASE("a handshake the admin listener refuses is counted like the other listeners'", "[e2e][tls]") {
+  test::temp_dir dir("admin-tls-refused");
+  auto p = transport::pki_init(dir / "pki");
+  REQUIRE(p.has_value());
+  auto n = test::start_node(relay::parse_config(
+      "[node]\nid = \"n\"\ndata_dir = " + q(dir / "data") +
+          "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[admin.tls]\ncert = " +
+          q(p->server_cert) + "\nkey = " + q(p->server_key) + "\nca = " + q(p->ca_cert) +
+          "\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" +
+          (dir / "spool").string() + "\"\n",
+      "n.toml", dir.path()));
+  const auto port = port_of(n->address("admin"));
+  // A client without a certificate: refused at the handshake.
+  boost::asio::ssl::context anonymous(boost::asio::ssl::context::tls_client);
+  anonymous.load_verify_file(p->ca_cert.string());
+  anonymous.set_verify_mode(boost::asio::ssl::verify_peer);
+  auto refused = relay::https_call(anonymous, "GET", "127.0.0.1", port, "/metrics", "localhost", "", "text/plain", 5s);
+  CHECK_FALSE(refused.has_value());
+  auto cctx = transport::make_client_context(p->client_files(), "localhost");
+  REQUIRE(cctx.has_value());
+  REQUIRE(eventually([&] {
+    auto m = relay::https_call(**cctx, "GET", "127.0.0.1", port, "/metrics", "localhost", "", "text/plain", 5s);
+    return m && m->status == 200 &&
+           test::family_sum(m->body, "edgerelay_tls_handshake_failures_total", "listener=\"admin\"") == 1;
+  }));
+  n->stop();
+}
+
 TEST_CASE("GET /readyz turns unready before the node's own certificate expires", "[e2e][tls]") {
   test::temp_dir dir("readyz-expiry");
   transport::pki_options o;
