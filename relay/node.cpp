@@ -457,14 +457,32 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
   const auto fp = files_fingerprint(*files);
   const std::string crl_text = files->crl.empty() ? std::string() : file_contents(files->crl);
   const auto crl_sum = util::checksum(crl_text);
+  bool first = false;
   {
     std::lock_guard lk(tls_mu);
     auto it = tls_slots.find(name);
     if (it == tls_slots.end()) { // first sight: the baseline
       tls_slots[name].fingerprint = fp;
       tls_slots[name].crl_checksum = crl_sum;
-      return 0;
+      first = true;
     }
+  }
+  if (first) {
+    // The material was built from the files a moment before `fp` read them;
+    // build it again so that what is in force is not older than the
+    // baseline (a file replaced in between would otherwise never be applied).
+    if (auto r = m->reload(); !r) {
+      {
+        std::lock_guard lk(tls_mu);
+        tls_slots[name].refresh_failed = true;
+      }
+      note_tls_failure(name, cause, r.error().message, m->snapshot().files->cert.string());
+    }
+    return 0;
+  }
+  {
+    std::lock_guard lk(tls_mu);
+    auto it = tls_slots.find(name);
     // Unchanged files are tried again only after a refusal: on an explicit
     // reload, and (cause "retry") when the refusal was for a time not reached yet.
     const bool failed = it->second.refresh_failed;
@@ -802,6 +820,7 @@ boost::system::result<void, error> node::start() {
   m.refresh_all_tls("start"); // the baseline of each material
   m.watcher = std::make_unique<file_watcher>([&m](const std::string& name) { m.refresh_tls(name, "file changed"); });
   m.watcher->set_groups(m.watch_groups());
+  m.refresh_all_tls("start"); // what changed before the watcher looked
   m.quota_timer.emplace(m.io);
   m.schedule_quota_save();
   m.maintenance_timer.emplace(m.io);
