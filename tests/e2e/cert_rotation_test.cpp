@@ -168,6 +168,11 @@ struct rig {
   }
 };
 
+// A node's tls[] entry `name` in its status (through its admin API).
+json::object tls_of(relay::node& n, std::string_view name) {
+  return rig::tls_entry(rig::status("http://" + n.address("admin")), name);
+}
+
 } // namespace
 
 TEST_CASE("certificates rotated 10 times on both sides while streaming: detected, used, nothing lost",
@@ -354,15 +359,7 @@ TEST_CASE("a certificate refused as not yet valid goes in force once it is: on a
            "\nca = " + q(p->ca_cert) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n" +
            "[[peer]]\nname = \"spool\"\nurl = \"file://" + (dir / "spool").string() + "\"\n";
   };
-  auto listen_tls = [](relay::node& n) {
-    auto r = relay::http_call("GET", "http://" + n.address("admin") + "/v1/status");
-    REQUIRE(r.has_value());
-    const auto st = json::parse(r->body);
-    for (auto& t : st.at("tls").as_array())
-      if (t.as_object().at("name") == "listen") return t.as_object();
-    FAIL("no tls entry listen");
-    return json::object{};
-  };
+  auto listen_tls = [](relay::node& n) { return tls_of(n, "listen"); };
   auto install = [&](const std::string& name, std::chrono::seconds ahead) {
     auto [cert, key] = future_server_cert(*p, dir.path(), name, ahead);
     std::filesystem::rename(key, p->server_key);
@@ -444,14 +441,7 @@ TEST_CASE("a client revoked by a reloaded CRL is refused on its open HTTPS keep-
     return res;
   };
   CHECK(post("before").result_int() == 201);
-  auto tls_rotations = [&] {
-    auto r = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
-    REQUIRE(r.has_value());
-    const auto st = json::parse(r->body);
-    for (auto& t : st.at("tls").as_array())
-      if (t.as_object().at("name") == "ingest") return t.as_object().at("rotations").to_number<int>();
-    return -1;
-  };
+  auto tls_rotations = [&] { return tls_of(*n, "ingest").at("rotations").to_number<int>(); };
   REQUIRE(transport::add_revoked(dir / "pki", p->client_cert).has_value());
   REQUIRE(eventually([&] { return tls_rotations() == 1; }));
   // The same connection: refused now, and closed.
@@ -491,15 +481,7 @@ TEST_CASE("a reload that moves a listener to new TLS files that fail keeps the o
   };
   test::write_file(file, cfg(dir / "pki"));
   auto n = test::start_node(relay::load_config(file));
-  auto listen_tls = [&] {
-    auto r = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
-    REQUIRE(r.has_value());
-    const auto st = json::parse(r->body);
-    for (auto& t : st.at("tls").as_array())
-      if (t.as_object().at("name") == "listen") return t.as_object();
-    FAIL("no tls entry listen");
-    return json::object{};
-  };
+  auto listen_tls = [&] { return tls_of(*n, "listen"); };
   auto reload = [&] {
     auto r = relay::http_call("POST", "http://" + n->address("admin") + "/v1/reload");
     REQUIRE(r.has_value());
