@@ -367,6 +367,7 @@ struct store::impl {
   // expire_waiting(): the enqueues waiting for room are ended now; cleared,
   // with expired_cv notified, once the writer has completed them.
   bool expire_requested = false;
+  bool expiring = false; // from expire_waiting() on: every enqueue that would wait ends at once
   std::condition_variable expired_cv;
   std::thread writer;
   std::mt19937_64 rng{std::random_device{}()};
@@ -454,7 +455,7 @@ struct store::impl {
   void run_writer() {
     std::vector<std::unique_ptr<request>> group;
     for (;;) {
-      bool expire = false;
+      bool expire = false, expire_all = false;
       {
         std::unique_lock lk(q_mu);
         // Parked (overflow = block) requests can only fit after another write
@@ -471,6 +472,7 @@ struct store::impl {
         }
         if (stopping && pending.empty() && parked.empty()) return;
         expire = expire_requested;
+        expire_all = expiring;
         // Order: writes that free room (acks, nacks, ...) first, then the
         // enqueues that waited for room, oldest first, then new enqueues.
         group.clear();
@@ -483,7 +485,7 @@ struct store::impl {
           if (p) group.push_back(std::move(p));
         pending.clear();
       }
-      if (stopping || expire) {
+      if (stopping || expire || expire_all) {
         for (auto& r : group)
           if (r->k == request::kind::enqueue && r->deadline) r->deadline = std::chrono::steady_clock::time_point{};
       }
@@ -1625,6 +1627,7 @@ void store::expire_waiting() {
   std::unique_lock lk(impl_->q_mu);
   if (impl_->stopping || !impl_->writer.joinable()) return;
   impl_->expire_requested = true;
+  impl_->expiring = true;
   impl_->q_cv.notify_all();
   impl_->expired_cv.wait(lk, [&] { return !impl_->expire_requested; });
 }

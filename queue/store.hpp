@@ -310,7 +310,8 @@ public:
   // Ends every enqueue that waits for room (overflow = block) now, as its
   // deadline would (errc::timeout), and returns once their callbacks have
   // run: for an owner that is shutting down, before what those callbacks
-  // use goes away.
+  // use goes away. From then on an enqueue that finds no room ends at once
+  // the same way instead of waiting (a request that arrives later).
   void expire_waiting();
 
   // Reads up to max_segments / max_bytes (at least one segment if any is

@@ -67,17 +67,26 @@ int cmd_run(const std::string& file, const log_options& lo) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   // Exit 2 (not restarted by the unit) when what the file names cannot work
-  // as it is: TLS material that does not load, a data_dir of another node or
-  // of something else. 1 for what may pass on a retry (a port in use, a
-  // data_dir locked by a process that is stopping, I/O errors).
+  // as it is, whatever the time: TLS material whose contents do not load (not
+  // PEM, undecodable, a key that does not match, a bad allow pattern), a
+  // data_dir of another node or of something else. 1 for what may pass on a
+  // retry: a port in use, a data_dir locked by a process that is stopping,
+  // I/O errors, a file missing for a moment during a rotation, and whatever
+  // depends on the clock (a certificate or CRL not valid yet or any more: a
+  // device without a real-time clock boots with a wrong time until NTP).
   auto fail = [&](const error& e) {
     if (json_logs)
       spdlog::critical("edgerelay: {}", e.message);
     else
       std::cerr << "edgerelay: " << e.message << "\n";
-    const bool config_content =
-        (e.code.category() == transport::tls_category() && e.code != transport::tls_errc::openssl_failure) ||
-        e.code == errc::store_foreign || e.code == errc::store_corrupt || e.code == errc::invalid_argument;
+    using transport::tls_errc;
+    const bool tls_content =
+        e.code.category() == transport::tls_category() &&
+        (e.code == tls_errc::not_pem || e.code == tls_errc::malformed || e.code == tls_errc::key_mismatch ||
+         e.code == tls_errc::key_encrypted || e.code == tls_errc::bad_allow_pattern ||
+         e.code == tls_errc::bad_server_name || e.code == tls_errc::missing_file);
+    const bool config_content = tls_content || e.code == errc::store_foreign || e.code == errc::store_corrupt ||
+                                e.code == errc::invalid_argument;
     return config_content ? 2 : 1;
   };
   auto n = node::create(std::move(*cfg));

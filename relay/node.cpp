@@ -139,15 +139,31 @@ void node::impl::collect_metrics() {
     }
     m.peer_connected.labels({name}).set(up ? 1 : 0);
   }
+  // Each material's expiry series; those of a material gone (a peer removed)
+  // or without a CRL any more are dropped, so no alert fires for them.
+  std::set<std::string> certs, crls;
   for (auto& g : watch_groups()) {
     std::shared_ptr<forwarder> keep;
     if (auto* t = tls_material_of(g.name, keep))
       if (auto ctx = t->current()) {
-        if (auto ci = transport::context_cert_info(*ctx))
+        if (auto ci = transport::context_cert_info(*ctx)) {
           m.tls_cert_expiry.labels({g.name}).set(static_cast<double>(ci->not_after_unix));
-        if (auto next = transport::context_crl_next_update(*ctx))
+          certs.insert(g.name);
+        }
+        if (auto next = transport::context_crl_next_update(*ctx)) {
           mx.crl_next_update.labels({g.name}).set(static_cast<double>(*next));
+          crls.insert(g.name);
+        }
       }
+  }
+  {
+    std::lock_guard lk(tls_series_mu);
+    for (auto& n : tls_cert_series)
+      if (!certs.count(n)) m.tls_cert_expiry.remove_matching("name", n);
+    for (auto& n : tls_crl_series)
+      if (!crls.count(n)) mx.crl_next_update.remove_matching("name", n);
+    tls_cert_series = std::move(certs);
+    tls_crl_series = std::move(crls);
   }
   for (auto& [result, n] : canary->round_counts())
     m.canary_rounds.labels({result}).set(n);
@@ -284,19 +300,21 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
         continue;
       }
       pr->id = *id;
-      pr->shared = was ? was->shared : new_peer_shared(np.name);
-      if (!pr->shared->limiter) {
-        // Its quota usage of this period, if the store has one (a peer of
-        // that name was configured before): a new name is not a fresh quota.
-        auto l = make_limiter(pr->id, np.bandwidth);
-        if (!l) {
-          rep.failed.push_back("peer " + np.name + ": " + l.error());
-          continue;
-        }
-        pr->shared->limiter = std::move(*l);
-      } else {
-        (void)pr->shared->limiter->set_policy(to_policy(np.bandwidth));
+      // Added, or configured again: its limiter starts from the quota usage
+      // the store saved for that name (every 200 ms, removed peers too),
+      // read with the peer's own settings (its quota_reset decides whether
+      // that usage belongs to the current period). The bytes counters go on.
+      pr->shared = new_peer_shared(np.name);
+      if (was) {
+        pr->shared->wire_bytes = was->shared->wire_bytes.load();
+        pr->shared->uncompressed_bytes = was->shared->uncompressed_bytes.load();
       }
+      auto l = make_limiter(pr->id, np.bandwidth);
+      if (!l) {
+        rep.failed.push_back("peer " + np.name + ": " + l.error());
+        continue;
+      }
+      pr->shared->limiter = std::move(*l);
       auto f = make_forwarder(np, pr->id, pr->shared);
       if (!f) {
         rep.failed.push_back(f.error().message);
@@ -477,6 +495,9 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
         tls_slots[name].refresh_failed = true;
       }
       note_tls_failure(name, cause, r.error().message, m->snapshot().files->cert.string());
+      std::lock_guard lk(tls_mu);
+      tls_slots[name].retry_later = r.error().code == transport::tls_errc::cert_not_yet_valid ||
+                                    r.error().message.find(" is not valid before ") != std::string::npos;
     }
     return 0;
   }
@@ -656,13 +677,12 @@ std::vector<std::string> node::impl::readiness_problems() const {
                       (left_ms <= 0 ? "expired at " : "expires at ") + utc_of_unix(ci->not_after_unix) +
                       in_words(left_ms) + why + ": install a renewed certificate");
     }
-    if (auto next = transport::context_crl_next_update(*ctx)) {
-      const std::int64_t left_ms = *next * 1000 - now;
-      if (left_ms <= margin.count())
-        out.push_back("tls " + g.name + ": the CRL in force " + (left_ms <= 0 ? "expired at " : "expires at ") +
-                      utc_of_unix(*next) + " (nextUpdate)" + in_words(left_ms) +
-                      (left_ms <= 0 ? "; every chain it covers is refused" : "") + why + ": install a new CRL");
-    }
+    // A CRL only once it has run out: CAs issue CRLs valid for a day or a
+    // few and replace them before, so a margin would keep the node unready
+    // for good (EdgerelayCrlExpiringSoon warns ahead).
+    if (auto next = transport::context_crl_next_update(*ctx); next && *next * 1000 <= now)
+      out.push_back("tls " + g.name + ": the CRL in force expired at " + utc_of_unix(*next) +
+                    " (nextUpdate); every chain it covers is refused: install a new CRL");
   }
   return out;
 }

@@ -1,5 +1,8 @@
 #include "relay/node_impl.hpp"
 
+#include <algorithm>
+#include <deque>
+
 namespace edgerelay::relay {
 
 namespace {
@@ -281,7 +284,24 @@ private:
           }
           spdlog::error("peer {}: {}", name_, r.error().message);
           shared_->metrics.attempt(attempt_result::error);
-          n_.store->nack_wait(id_, keys, r.error().message);
+          // What the spool already holds (skipped above) was delivered: it is
+          // acked, not counted as a failed attempt with the rest.
+          if (!o.skipped.empty()) {
+            std::vector<std::uint64_t> rest;
+            rest.reserve(keys.size() - o.skipped.size());
+            std::size_t j = 0;
+            for (auto k : keys)
+              if (j < o.skipped.size() && o.skipped[j] == k)
+                ++j;
+              else
+                rest.push_back(k);
+            if (n_.store->ack_wait(id_, o.skipped)) {
+              std::lock_guard lk(spooled_mu_);
+              spooled_unacked_.insert(o.skipped.begin(), o.skipped.end());
+            }
+            keys = std::move(rest);
+          }
+          if (!keys.empty()) n_.store->nack_wait(id_, keys, r.error().message);
           std::unique_lock lk(mu_);
           cv_.wait_for(lk, 1s, [&] { return stopping_; });
           state_ = connected;
@@ -293,7 +313,14 @@ private:
         std::lock_guard lk(mu_);
         ++acks_in_flight_;
       }
-      auto acked = keys; // to remember them if the ack fails: they are in the spool already
+      // In the spool already: remembered while the ack is in flight (a failed
+      // commit makes them readable again before this callback runs) and after
+      // it failed, so that a second read acks them instead of appending them.
+      auto acked = std::make_shared<const std::vector<std::uint64_t>>(keys);
+      {
+        std::lock_guard lk(spooled_mu_);
+        inflight_acks_.push_back(acked);
+      }
       n_.store->ack(id_, std::move(keys),
                     [this, acked = std::move(acked), created = std::move(o.created)](boost::system::error_code ec) {
                       if (!ec) {
@@ -304,10 +331,11 @@ private:
                       }
                       {
                         std::lock_guard lk(spooled_mu_);
+                        std::erase(inflight_acks_, acked);
                         if (ec)
-                          spooled_unacked_.insert(acked.begin(), acked.end());
+                          spooled_unacked_.insert(acked->begin(), acked->end());
                         else if (!spooled_unacked_.empty())
-                          for (auto k : acked)
+                          for (auto k : *acked)
                             spooled_unacked_.erase(k);
                       }
                       {
@@ -322,6 +350,7 @@ private:
   // What spool() did with one batch it was shown.
   struct spooled {
     std::vector<std::uint64_t> keys;
+    std::vector<std::uint64_t> skipped; // of keys, those already in the spool (not appended again)
     std::vector<std::int64_t> created;
     std::uint64_t held = 0; // bytes the budget did not allow yet: nothing was written
     std::uint64_t wire = 0; // bytes written to the spool
@@ -338,15 +367,25 @@ private:
     o.created.reserve(segs.size());
     std::uint64_t bytes = 0;
     std::unique_lock sl(spooled_mu_);
-    if (spooled_unacked_.empty()) sl.unlock();
+    if (spooled_unacked_.empty() && inflight_acks_.empty()) sl.unlock();
+    auto spooled_already = [&](std::uint64_t key) {
+      if (spooled_unacked_.count(key)) return true;
+      for (auto& a : inflight_acks_) // few, sorted; new reads are past them unless an ack failed
+        if (!a->empty() && key >= a->front() && key <= a->back() && std::binary_search(a->begin(), a->end(), key))
+          return true;
+      return false;
+    };
     for (auto& s : segs) {
       o.keys.push_back(s.key);
       o.created.push_back(s.created_ms);
       // Spooled before a crash (its ids are kept until the queue has nothing
       // ready: segments in backoff can come before them), or spooled by an
-      // append whose ack then failed: acked again, not written twice.
-      if (!recent_.empty() && recent_.count(s.id)) continue;
-      if (sl.owns_lock() && spooled_unacked_.count(s.key)) continue;
+      // append whose ack failed or is still in flight: acked again, not
+      // written twice.
+      if ((!recent_.empty() && recent_.count(s.id)) || (sl.owns_lock() && spooled_already(s.key))) {
+        o.skipped.push_back(s.key);
+        continue;
+      }
       recs.push_back({s.id, s.stream, s.created_ms, s.checksum, s.payload});
       bytes += s.payload.size() + s.id.size() + s.stream.size();
     }
@@ -384,6 +423,7 @@ private:
   // never reused, so one is dropped once its ack succeeds.
   std::mutex spooled_mu_;
   std::unordered_set<std::uint64_t> spooled_unacked_;
+  std::deque<std::shared_ptr<const std::vector<std::uint64_t>>> inflight_acks_; // sorted keys of each ack in flight
   std::size_t acks_in_flight_ = 0;
   std::string last_error_;
 };

@@ -41,6 +41,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_set>
 
@@ -213,6 +214,9 @@ struct node::impl {
   std::mutex tls_refresh_mu; // one refresh at a time (the watcher's thread, reloads)
   std::map<std::string, tls_slot> tls_slots;
   std::unique_ptr<file_watcher> watcher;
+  // The names whose expiry series the last scrape set (collect_metrics).
+  std::mutex tls_series_mu;
+  std::set<std::string> tls_cert_series, tls_crl_series;
   // Live relay sessions on the TLS listeners, to close those whose client a
   // reloaded CRL or CA no longer trusts.
   struct live_session {

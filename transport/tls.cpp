@@ -417,16 +417,17 @@ tls_result<void> load_trust(SSL_CTX* c, const tls_files& f) {
     // ("unable to get certificate CRL"): all sessions closed, every
     // handshake refused. An intermediate's CRL needs that intermediate in
     // the `ca` bundle.
-    bool issuer_known = false;
+    // (Two CAs may share a name, as in a rollover that keeps the subject:
+    // the CRL must verify with one of them.)
+    bool issuer_known = false, verified = false;
     for (auto& ca : *cas) {
       if (X509_NAME_cmp(issuer, X509_get_subject_name(ca.get())) != 0) continue;
       issuer_known = true;
-      if (X509_CRL_verify(crl.get(), X509_get0_pubkey(ca.get())) != 1) {
-        ERR_clear_error();
-        return fail(tls_errc::crl_invalid,
-                    where + ": signature does not verify with CA " + name_string(X509_get_subject_name(ca.get())));
-      }
+      if (X509_CRL_verify(crl.get(), X509_get0_pubkey(ca.get())) == 1) verified = true;
+      ERR_clear_error();
     }
+    if (issuer_known && !verified)
+      return fail(tls_errc::crl_invalid, where + ": signature does not verify with CA " + name_string(issuer));
     if (!issuer_known)
       return fail(tls_errc::crl_invalid, where + " is issued by " + name_string(issuer) + ", which is not a CA in " +
                                              f.ca.string() +
@@ -753,6 +754,7 @@ std::optional<std::int64_t> context_crl_next_update(const ssl::context& ctx) {
   X509_STORE* store = SSL_CTX_get_cert_store(const_cast<ssl::context&>(ctx).native_handle());
   if (!store) return std::nullopt;
   std::optional<std::int64_t> earliest;
+  X509_STORE_lock(store); // handshakes look CRLs up in the same store
   STACK_OF(X509_OBJECT)* objs = X509_STORE_get0_objects(store);
   for (int i = 0; i < sk_X509_OBJECT_num(objs); ++i) {
     X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
@@ -762,6 +764,7 @@ std::optional<std::int64_t> context_crl_next_update(const ssl::context& ctx) {
     const auto at = asn1_unix(next);
     if (!earliest || at < *earliest) earliest = at;
   }
+  X509_STORE_unlock(store);
   return earliest;
 }
 

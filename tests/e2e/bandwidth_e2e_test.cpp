@@ -190,7 +190,7 @@ TEST_CASE("a peer configured again by a reload after a start without it keeps th
   test::temp_dir dir{"bw-quota-readd"};
   util::manual_clock clk(day0 + 10h);
   auto file = dir / "edge.toml";
-  const auto with_spool = terminal_node(dir.path(), "{daily_quota = \"1MiB\"}");
+  const auto with_spool = terminal_node(dir.path(), "{daily_quota = \"1MiB\", quota_reset = \"11:00Z\"}");
   const auto without_spool = "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "data") +
                              "\n[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
                              "[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"other\"\nurl = \"file://" +
@@ -222,6 +222,16 @@ TEST_CASE("a peer configured again by a reload after a start without it keeps th
   edge.reset();
   edge = start_node(file, &clk);
   CHECK(used() == spent); // and the saved usage was not overwritten
+  edge->stop();
+  edge.reset();
+  // Away over its own reset (11:00Z, not the default 00:00Z): back, it starts the new period with nothing used.
+  write_file(file, without_spool);
+  edge = start_node(file, &clk);
+  clk.advance(2h); // 12:00
+  write_file(file, with_spool);
+  r = relay::http_call("POST", "http://" + edge->address("admin") + "/v1/reload");
+  REQUIRE(r.has_value());
+  CHECK(used() == 0);
   edge->stop();
 }
 

@@ -568,8 +568,9 @@ TEST_CASE("GET /readyz turns unready before the node's own certificate expires",
     n->stop();
   }
   {
-    // The CRL is watched the same way: one that runs out inside the margin makes the node unready, and its
-    // nextUpdate is in status and in a metric (an expired CRL refuses every chain it covers).
+    // The CRL's nextUpdate is in status and in a metric (an expired CRL refuses every chain it covers; the
+    // alert warns ahead). Readiness does not use the margin for it: CRLs live a day or a few, and one inside
+    // the margin is normal; only an expired one makes the node unready.
     transport::pki_options co;
     co.crl_validity_days = 2;
     auto c = transport::pki_init(dir / "pki-crl", co);
@@ -586,9 +587,7 @@ TEST_CASE("GET /readyz turns unready before the node's own certificate expires",
     auto r = relay::http_call("GET", "http://" + n->address("admin") + "/readyz");
     REQUIRE(r.has_value());
     INFO(r->body);
-    CHECK(r->status == 503);
-    CHECK(r->body.find("tls listen: the CRL in force expires at") != std::string::npos);
-    CHECK(r->body.find("tls listen: certificate") == std::string::npos); // the certificate has a year
+    CHECK(r->status == 200); // the CRL runs out in 2 days, inside the 72 h margin; the certificate has a year
     auto st = relay::http_call("GET", "http://" + n->address("admin") + "/v1/status");
     REQUIRE(st.has_value());
     const auto sj = json::parse(st->body);

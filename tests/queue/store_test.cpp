@@ -575,9 +575,12 @@ TEST_CASE("overflow block: expire_waiting ends the waiting enqueues now, and ret
     CHECK(r.status.empty());
   }
   f.s->expire_waiting(); // nothing waits: returns at once
-  // The store goes on as before.
+  // The store goes on storing what fits; what would wait ends at once (the owner is stopping).
   std::string small(50, 's');
   CHECK_FALSE(f.s->enqueue_wait({{"s1", small, to}}).ec);
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(f.s->enqueue_wait({{"s1", big, to}}).ec == errc::timeout);
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
   f.check_accounting();
 }
 
