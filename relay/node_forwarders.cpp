@@ -499,9 +499,15 @@ private:
       if (r && r->status >= 200 && r->status < 300) {
         // The endpoint has the batch: acknowledge it until that commits (a
         // failed group commit, say on a full disk), never by posting it again.
-        for (;;) {
+        for (bool retried = false;; retried = true) {
           auto ec = n_.store->ack_wait(id_, keys);
-          if (!ec) break;
+          if (!ec) {
+            if (retried) {
+              std::lock_guard lk(mu_);
+              last_error_.clear();
+            }
+            break;
+          }
           {
             std::lock_guard lk(mu_);
             last_error_ = "ack after a delivered POST failed (retried): " + ec.message();
