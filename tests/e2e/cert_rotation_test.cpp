@@ -537,6 +537,37 @@ TEST_CASE("a handshake the admin listener refuses is counted like the other list
   n->stop();
 }
 
+TEST_CASE("a CRL taken out of the config by a reload takes its nextUpdate series with it", "[e2e][tls]") {
+  test::temp_dir dir("crl-series");
+  auto p = transport::pki_init(dir / "pki");
+  REQUIRE(p.has_value());
+  const auto file = dir / "hub.toml";
+  auto cfg = [&](bool crl) {
+    return "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
+           "\n[listen]\naddress = \"127.0.0.1:0\"\ncert = " + q(p->server_cert) + "\nkey = " + q(p->server_key) +
+           "\nca = " + q(p->ca_cert) + (crl ? "\ncrl = " + q(p->crl) : std::string()) +
+           "\n[admin]\nlisten = \"127.0.0.1:0\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\n"
+           "url = \"file://" +
+           (dir / "spool").string() + "\"\n";
+  };
+  test::write_file(file, cfg(true));
+  auto n = test::start_node(relay::load_config(file));
+  const std::string series = "edgerelay_tls_crl_next_update_timestamp_seconds{name=\"listen\"}";
+  CHECK(test::series_value(rig::metrics("http://" + n->address("admin")).substr(1), series).has_value());
+  test::write_file(file, cfg(false));
+  auto rl = relay::http_call("POST", "http://" + n->address("admin") + "/v1/reload");
+  REQUIRE(rl.has_value());
+  INFO(rl->body);
+  REQUIRE(rl->body.find("listen: TLS material and allow list") != std::string::npos);
+  // Without a CRL in force there is nothing to run out: no series, so no alert.
+  CHECK_FALSE(test::series_value(rig::metrics("http://" + n->address("admin")).substr(1), series).has_value());
+  CHECK_FALSE(tls_of(*n, "listen").contains("crl_next_update"));
+  CHECK(test::series_value(rig::metrics("http://" + n->address("admin")).substr(1),
+                           "edgerelay_tls_cert_expiry_timestamp_seconds{name=\"listen\"}")
+            .has_value());
+  n->stop();
+}
+
 TEST_CASE("GET /readyz turns unready before the node's own certificate expires", "[e2e][tls]") {
   test::temp_dir dir("readyz-expiry");
   transport::pki_options o;
