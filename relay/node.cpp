@@ -492,12 +492,11 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
     if (auto r = m->reload(); !r) {
       {
         std::lock_guard lk(tls_mu);
-        tls_slots[name].refresh_failed = true;
+        auto& slot = tls_slots[name];
+        slot.refresh_failed = true;
+        slot.retry_later = transport::refused_until_later(r.error().code);
       }
       note_tls_failure(name, cause, r.error().message, m->snapshot().files->cert.string());
-      std::lock_guard lk(tls_mu);
-      tls_slots[name].retry_later = r.error().code == transport::tls_errc::cert_not_yet_valid ||
-                                    r.error().message.find(" is not valid before ") != std::string::npos;
     }
     return 0;
   }
@@ -523,13 +522,10 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
       slot.crl_checksum = crl_sum;
     }
     slot.refresh_failed = !r;
-    if (!r) {
-      slot.retry_later = r.error().code == transport::tls_errc::cert_not_yet_valid ||
-                         r.error().message.find(" is not valid before ") != std::string::npos;
-    } else {
+    slot.retry_later = !r && transport::refused_until_later(r.error().code);
+    if (r) {
       ++slot.rotations;
       slot.last_error.clear();
-      slot.retry_later = false;
       slot.last_rotation_ms = now_ms();
     }
   }

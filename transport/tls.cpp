@@ -52,6 +52,7 @@ public:
     case tls_errc::write_failed: return "cannot write TLS file";
     case tls_errc::not_issued_by_ca: return "certificate not issued by this CA";
     case tls_errc::openssl_failure: return "OpenSSL operation failed";
+    case tls_errc::crl_not_yet_valid: return "CRL not yet valid";
     }
     return "unknown TLS error";
   }
@@ -439,7 +440,7 @@ tls_result<void> load_trust(SSL_CTX* c, const tls_files& f) {
                                              " (nextUpdate); issue a new CRL");
     const ASN1_TIME* last = X509_CRL_get0_lastUpdate(crl.get());
     if (last && X509_cmp_current_time(last) >= 0)
-      return fail(tls_errc::crl_invalid, where + " is not valid before " + asn1_text(last) + " (lastUpdate)");
+      return fail(tls_errc::crl_not_yet_valid, where + " is not valid before " + asn1_text(last) + " (lastUpdate)");
     if (X509_STORE_add_crl(store, crl.get()) != 1) {
       unsigned long e = ERR_peek_last_error();
       if (ERR_GET_REASON(e) == X509_R_CERT_ALREADY_IN_HASH_TABLE) {

@@ -67,10 +67,17 @@ enum class tls_errc {
   write_failed,        // writing generated material failed
   not_issued_by_ca,    // add_revoked: the certificate is not from this CA
   openssl_failure,     // the library refused an operation (out of memory, ...)
+  crl_not_yet_valid,   // a CRL's lastUpdate is in the future
 };
 
 const boost::system::error_category& tls_category() noexcept;
 inline boost::system::error_code make_error_code(tls_errc e) noexcept { return {static_cast<int>(e), tls_category()}; }
+
+// A refusal that only a time not reached yet causes (a certificate's
+// notBefore, a CRL's lastUpdate): the same files may load later.
+inline bool refused_until_later(const boost::system::error_code& ec) noexcept {
+  return ec == make_error_code(tls_errc::cert_not_yet_valid) || ec == make_error_code(tls_errc::crl_not_yet_valid);
+}
 
 // The files that make up one side's TLS material. Paths are read when a
 // context is built; nothing keeps them open.
