@@ -10,6 +10,7 @@
 // its commit has completed (its callback ran): a round of work is timed from
 // the first submit to the last completion. See bench/README.md.
 
+#include "bench/bench_dir.hpp"
 #include "queue/store.hpp"
 #include "util/units.hpp"
 
@@ -46,76 +47,15 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace q = edgerelay::queue;
+using edgerelay::bench::bench_base_dir;
+using edgerelay::bench::check_base_dir;
+using edgerelay::bench::scratch_dir;
 using clock_type = std::chrono::steady_clock;
 
 // ------------------------------------------------------------------ setup
 
 constexpr std::uint64_t max_bytes = 16ull << 30; // capacity never interferes
 constexpr std::string_view stream_name = "bench";
-
-// The data directory: $EDGERELAY_BENCH_DIR, else <dir of the binary>/../bench-data.
-fs::path bench_base_dir() {
-  if (const char* env = std::getenv("EDGERELAY_BENCH_DIR"); env && *env) return fs::path(env);
-  std::error_code ec;
-  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) return fs::current_path() / "bench-data";
-  return exe.parent_path().parent_path() / "bench-data";
-}
-
-std::string fs_name(long type) {
-  switch (static_cast<unsigned long>(type)) {
-  case 0xEF53: return "ext2/3/4";
-  case 0x58465342: return "xfs";
-  case 0x9123683E: return "btrfs";
-  case 0x01021994: return "tmpfs";
-  case 0x858458F6: return "ramfs";
-  case 0x6969: return "nfs";
-  case 0x794C7630: return "overlayfs";
-  default: {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(type));
-    return buf;
-  }
-  }
-}
-
-// Creates the base directory and checks that it lives on a real disk.
-// Returns an error sentence, or nothing when the directory is usable.
-std::optional<std::string> check_base_dir(const fs::path& base, std::string* fs_type = nullptr) {
-  std::error_code ec;
-  fs::create_directories(base, ec);
-  if (ec) return "cannot create " + base.string() + ": " + ec.message();
-  struct statfs sf {};
-  if (::statfs(base.c_str(), &sf) != 0) return "cannot statfs " + base.string() + ": " + std::strerror(errno);
-  std::string name = fs_name(static_cast<long>(sf.f_type));
-  if (fs_type) *fs_type = name;
-  if (name == "tmpfs" || name == "ramfs")
-    return base.string() + " is on " + name +
-           ", where fsync costs nothing; set EDGERELAY_BENCH_DIR to a directory on a real disk";
-  return std::nullopt;
-}
-
-// A fresh, empty directory under the base, removed when this goes away.
-class scratch_dir {
-public:
-  explicit scratch_dir(std::string_view name) {
-    static std::atomic<int> counter{0};
-    path_ = bench_base_dir() / (std::string(name) + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-    fs::create_directories(path_, ec);
-  }
-  ~scratch_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  scratch_dir(const scratch_dir&) = delete;
-  scratch_dir& operator=(const scratch_dir&) = delete;
-  const fs::path& path() const { return path_; }
-
-private:
-  fs::path path_;
-};
 
 // Payload bytes that do not compress or checksum trivially.
 const std::string& payload_of(std::size_t n) {

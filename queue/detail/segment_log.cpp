@@ -1,0 +1,555 @@
+#include "queue/detail/segment_log.hpp"
+
+#include "util/bytes.hpp"
+
+#define XXH_STATIC_LINKING_ONLY // XXH3_state_t on the stack
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+namespace edgerelay::queue::detail {
+
+namespace {
+
+constexpr std::string_view file_magic = "ERQLOG01";
+constexpr std::uint32_t file_version = 1;
+constexpr std::uint32_t frame_magic = 0x45525146; // "ERQF"
+constexpr std::uint32_t flag_end = 1;
+constexpr std::uint64_t header_fields = 48; // of the 4 KiB header page: magic .. hash
+
+using res_void = boost::system::result<void, error>;
+
+error io_error(const std::string& what, int e) {
+  return error{boost::system::error_code(e, boost::system::system_category()), what + ": " + std::strerror(e)};
+}
+
+error corrupt(const std::string& what) { return error{make_error_code(errc::store_corrupt), what}; }
+
+std::uint64_t align8(std::uint64_t v) { return (v + 7) & ~std::uint64_t{7}; }
+
+std::string name_for(const char* prefix, std::uint64_t seq) {
+  char name[48];
+  std::snprintf(name, sizeof name, "%s-%016llx.erq", prefix, static_cast<unsigned long long>(seq));
+  return name;
+}
+
+// "qlog-<16 hex>.erq" or "qspare-<16 hex>.erq": the number, else nothing.
+std::optional<std::uint64_t> number_in(std::string_view n, std::string_view prefix) {
+  if (n.size() != prefix.size() + 1 + 16 + 4 || !n.starts_with(prefix) || n[prefix.size()] != '-' ||
+      !n.ends_with(".erq"))
+    return std::nullopt;
+  auto digits = n.substr(prefix.size() + 1, 16);
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+    return std::nullopt;
+  std::uint64_t v = 0;
+  std::from_chars(digits.data(), digits.data() + digits.size(), v, 16);
+  return v;
+}
+
+bool pwrite_all(int fd, const void* data, std::size_t n, std::uint64_t off) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      if (w == 0) errno = EIO;
+      return false;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+    off += static_cast<std::uint64_t>(w);
+  }
+  return true;
+}
+
+struct header_view {
+  std::uint64_t seq = 0, file_bytes = 0, salt = 0;
+};
+
+std::optional<header_view> decode_header(const unsigned char* p) {
+  if (std::memcmp(p, file_magic.data(), file_magic.size()) != 0) return std::nullopt;
+  if (util::get_be32(p + 8) != file_version) return std::nullopt;
+  if (util::get_be64(p + 40) != XXH3_64bits(p, 40)) return std::nullopt;
+  return header_view{util::get_be64(p + 16), util::get_be64(p + 24), util::get_be64(p + 32)};
+}
+
+void encode_header(unsigned char* p, const header_view& h) {
+  std::memset(p, 0, header_fields);
+  std::memcpy(p, file_magic.data(), file_magic.size());
+  util::put_be32(p + 8, file_version);
+  util::put_be64(p + 16, h.seq);
+  util::put_be64(p + 24, h.file_bytes);
+  util::put_be64(p + 32, h.salt);
+  util::put_be64(p + 40, XXH3_64bits(p, 40));
+}
+
+std::uint64_t new_salt() {
+  static thread_local std::mt19937_64 gen{std::random_device{}()};
+  return gen();
+}
+
+struct frame_head {
+  std::uint32_t body_len = 0, count = 0, flags = 0;
+  std::uint64_t seq = 0, first_key = 0, last_key = 0;
+};
+
+void encode_frame_head(unsigned char* p, const frame_head& h) {
+  util::put_be32(p, frame_magic);
+  util::put_be32(p + 4, h.body_len);
+  util::put_be64(p + 8, h.seq);
+  util::put_be64(p + 16, h.first_key);
+  util::put_be64(p + 24, h.last_key);
+  util::put_be32(p + 32, h.count);
+  util::put_be32(p + 36, h.flags);
+}
+
+} // namespace
+
+struct segment_log::file {
+  std::uint64_t seq = 0, salt = 0;
+  std::filesystem::path path;
+  int fd = -1;
+  const unsigned char* map = nullptr;
+  std::uint64_t size = 0;
+  bool sealed = false;          // has its end trailer: takes no more frames
+  std::uint64_t frames_end = 0; // sealed: where its frames end (from the trailer)
+
+  ~file() {
+    if (map) ::munmap(const_cast<unsigned char*>(map), size);
+    if (fd >= 0) ::close(fd);
+  }
+
+  // The frame at `off` if it passes every check, with its body.
+  std::optional<std::pair<frame_head, std::string_view>> frame_at(std::uint64_t off) const {
+    if (off % 8 != 0 || off < header_bytes || off + frame_header_bytes > size) return std::nullopt;
+    const unsigned char* p = map + off;
+    if (util::get_be32(p) != frame_magic) return std::nullopt;
+    frame_head h;
+    h.body_len = util::get_be32(p + 4);
+    h.seq = util::get_be64(p + 8);
+    h.first_key = util::get_be64(p + 16);
+    h.last_key = util::get_be64(p + 24);
+    h.count = util::get_be32(p + 32);
+    h.flags = util::get_be32(p + 36);
+    if (h.seq != seq || h.body_len > size - off - frame_header_bytes) return std::nullopt;
+    if (!(h.flags & flag_end) && off + frame_header_bytes + align8(h.body_len) > trailer_at()) return std::nullopt;
+    XXH3_state_t st;
+    XXH3_64bits_reset_withSeed(&st, salt);
+    XXH3_64bits_update(&st, p, 40);
+    XXH3_64bits_update(&st, p + frame_header_bytes, h.body_len);
+    if (XXH3_64bits_digest(&st) != util::get_be64(p + 40)) return std::nullopt;
+    return std::pair{h, std::string_view(reinterpret_cast<const char*>(p + frame_header_bytes), h.body_len)};
+  }
+
+  std::uint64_t next(std::uint64_t off, const frame_head& h) const {
+    return off + frame_header_bytes + align8(h.body_len);
+  }
+
+  // Frames end before the trailer's place, the file's last 48 bytes.
+  std::uint64_t trailer_at() const { return size - frame_header_bytes; }
+
+  // Where the frames of a sealed file end, from its trailer, if it has one.
+  std::optional<std::uint64_t> trailer() const {
+    auto t = frame_at(trailer_at());
+    if (!t || !(t->first.flags & flag_end) || t->first.body_len != 0) return std::nullopt;
+    const std::uint64_t e = t->first.last_key;
+    if (e < header_bytes || e > trailer_at() || e % 8 != 0) return std::nullopt;
+    return e;
+  }
+};
+
+namespace {
+
+// Opens and maps a whole file, read-write fd, read-only map.
+boost::system::result<std::unique_ptr<segment_log::file>, error> map_file(const std::filesystem::path& path,
+                                                                          std::uint64_t expect_size) {
+  auto f = std::make_unique<segment_log::file>();
+  f->path = path;
+  f->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (f->fd < 0) return io_error("cannot open queue log file " + path.string(), errno);
+  struct stat st {};
+  if (::fstat(f->fd, &st) != 0) return io_error("cannot stat queue log file " + path.string(), errno);
+  if (static_cast<std::uint64_t>(st.st_size) != expect_size)
+    return corrupt("queue log file " + path.string() + " is " + std::to_string(st.st_size) + " bytes, not " +
+                   std::to_string(expect_size) + " (the log's file size): cut short or not a queue log file");
+  f->size = expect_size;
+  void* m = ::mmap(nullptr, f->size, PROT_READ, MAP_SHARED, f->fd, 0);
+  if (m == MAP_FAILED) return io_error("cannot map queue log file " + path.string(), errno);
+  f->map = static_cast<const unsigned char*>(m);
+  return f;
+}
+
+} // namespace
+
+segment_log::~segment_log() = default;
+
+std::uint64_t segment_log::max_body() const noexcept {
+  // Room for the frame and the trailer.
+  return opt_.file_bytes - header_bytes - 2 * frame_header_bytes;
+}
+
+boost::system::result<std::unique_ptr<segment_log>, error> segment_log::open(segment_log_options o) {
+  if (o.file_bytes % 4096 != 0 || o.file_bytes < (64u << 10) || o.file_bytes > (1ull << 32))
+    return error{make_error_code(errc::invalid_argument), "queue log file size " + std::to_string(o.file_bytes) +
+                                                              " must be a multiple of 4096 between 64 KiB and 4 GiB"};
+  std::error_code ec;
+  std::filesystem::create_directories(o.dir, ec);
+  if (ec)
+    return error{boost::system::error_code(ec.value(), boost::system::system_category()),
+                 "cannot create queue log directory " + o.dir.string() + ": " + ec.message()};
+  std::unique_ptr<segment_log> l(new segment_log());
+  l->opt_ = std::move(o);
+  if (auto r = l->recover(); !r) return r.error();
+  return l;
+}
+
+res_void segment_log::sync_dir() {
+  int dfd = ::open(opt_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return io_error("cannot open queue log directory " + opt_.dir.string(), errno);
+  int rc = ::fsync(dfd);
+  int e = errno;
+  ::close(dfd);
+  if (rc != 0) return io_error("cannot sync queue log directory " + opt_.dir.string(), e);
+  return {};
+}
+
+// Finds the files, the spares and the end. See the header for the rules.
+res_void segment_log::recover() {
+  std::map<std::uint64_t, std::filesystem::path> logs;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator(opt_.dir, ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
+    auto n = it->path().filename().string();
+    if (auto s = number_in(n, "qlog")) {
+      logs.emplace(*s, it->path());
+      next_seq_ = std::max(next_seq_, *s + 1);
+    } else if (auto sp = number_in(n, "qspare")) {
+      spares_.push_back(it->path());
+      next_spare_ = std::max(next_spare_, *sp + 1);
+    }
+  }
+  if (ec)
+    return error{boost::system::error_code(ec.value(), boost::system::system_category()),
+                 "cannot list queue log directory " + opt_.dir.string() + ": " + ec.message()};
+
+  for (auto& [seq, path] : logs) {
+    auto mf = map_file(path, opt_.file_bytes);
+    if (!mf) return mf.error();
+    auto f = std::move(*mf);
+    f->seq = seq;
+    auto h = decode_header(f->map);
+    if (!h || h->seq != seq || h->file_bytes != opt_.file_bytes) {
+      // A file being made the next one when the node stopped (renamed, its
+      // header not yet written): it never took a frame. It goes back to the
+      // spares — unless frames of its name follow a damaged header.
+      if (h && h->file_bytes != opt_.file_bytes)
+        return corrupt("queue log file " + path.string() + " was written for files of " +
+                       std::to_string(h->file_bytes) + " bytes, not " + std::to_string(opt_.file_bytes));
+      if (!h && util::get_be32(f->map + header_bytes) == frame_magic &&
+          util::get_be64(f->map + header_bytes + 8) == seq)
+        return corrupt("queue log file " + path.string() +
+                       ": its header is damaged but it holds frames; the log cannot be read past it");
+      auto spare = opt_.dir / name_for("qspare", next_spare_++);
+      f.reset();
+      if (::rename(path.c_str(), spare.c_str()) != 0)
+        return io_error("cannot return unused queue log file " + path.string() + " to the spares", errno);
+      spares_.push_back(spare);
+      continue;
+    }
+    f->salt = h->salt;
+    files_.push_back(std::move(f));
+  }
+
+  // Every file but the newest must have its end trailer; their frames are
+  // checked as they are read. The newest is read frame by frame to its end.
+  std::uint64_t end = header_bytes;
+  for (std::size_t i = 0; i < files_.size(); ++i) {
+    auto& f = *files_[i];
+    const bool newest = i + 1 == files_.size();
+    if (auto t = f.trailer()) {
+      f.sealed = true;
+      f.frames_end = *t;
+      if (newest) end = *t;
+      continue;
+    }
+    if (!newest)
+      return corrupt("queue log file " + f.path.string() +
+                     ": its end trailer is missing or damaged, and newer files follow; the log cannot be read past it");
+    std::uint64_t off = header_bytes;
+    while (auto fr = f.frame_at(off))
+      off = f.next(off, fr->first);
+    // A torn tail is the one frame whose append did not return. A frame
+    // that checks out after it means the damage is not a torn tail.
+    for (std::uint64_t q = off + 8; q + frame_header_bytes <= f.size; q += 8) {
+      if (util::get_be32(f.map + q) != frame_magic) continue;
+      if (f.frame_at(q))
+        return corrupt("queue log file " + f.path.string() + ": damaged frame at offset " + std::to_string(off) +
+                       " (length or hash) with a complete frame after it at offset " + std::to_string(q) +
+                       "; the log cannot be read past it");
+    }
+    end = off;
+  }
+  end_offset_.store(end);
+  if (files_.empty() || files_.back()->sealed) {
+    if (auto r = start_next_file(); !r) return r;
+  }
+  return {};
+}
+
+res_void segment_log::prepare_spare() {
+  if (!spares_.empty()) return {};
+  auto path = opt_.dir / name_for("qspare", next_spare_++);
+  // Written under a temporary name first: a spare is always whole.
+  auto tmp = path;
+  tmp += ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) return io_error("cannot create queue log file " + tmp.string(), errno);
+  static const std::vector<char> zeros(1 << 20, 0);
+  std::uint64_t off = 0;
+  while (off < opt_.file_bytes) {
+    auto n = std::min<std::uint64_t>(zeros.size(), opt_.file_bytes - off);
+    if (!pwrite_all(fd, zeros.data(), n, off)) {
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return io_error("cannot write queue log file " + tmp.string(), e);
+    }
+    off += n;
+  }
+  if (::fdatasync(fd) != 0) {
+    int e = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return io_error("cannot sync queue log file " + tmp.string(), e);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return io_error("cannot name queue log file " + path.string(), e);
+  }
+  ++counts_.files_written;
+  spares_.push_back(path);
+  return {};
+}
+
+boost::system::result<std::filesystem::path, error> segment_log::take_spare(std::uint64_t seq) {
+  if (auto r = prepare_spare(); !r) return r.error();
+  auto from = spares_.back();
+  auto path = opt_.dir / name_for("qlog", seq);
+  if (::rename(from.c_str(), path.c_str()) != 0)
+    return io_error("cannot take queue log file " + from.string() + " into use as " + path.string(), errno);
+  spares_.pop_back();
+  return path;
+}
+
+// Makes a new newest file: a spare renamed to the next seq, given a new
+// header (and salt), flushed, then the directory flushed. The caller has
+// sealed the old newest file.
+res_void segment_log::start_next_file() {
+  const std::uint64_t seq = next_seq_++; // a seq once tried is not used again
+  auto path = take_spare(seq);
+  if (!path) return path.error();
+  auto mf = map_file(*path, opt_.file_bytes);
+  if (!mf) return mf.error();
+  auto f = std::move(*mf);
+  f->seq = seq;
+  f->salt = new_salt();
+  unsigned char hdr[header_fields];
+  encode_header(hdr, header_view{seq, opt_.file_bytes, f->salt});
+  // The first frame's place is zeroed too: a recycled file's old first frame
+  // must not be taken for a frame after a crash (it cannot pass, having
+  // another salt, but zeros make the file read as empty at a glance).
+  static const unsigned char zeros[frame_header_bytes] = {};
+  if (!pwrite_all(f->fd, hdr, sizeof hdr, 0) || !pwrite_all(f->fd, zeros, sizeof zeros, header_bytes) ||
+      ::fdatasync(f->fd) != 0)
+    return io_error("cannot write the header of queue log file " + path->string(), errno);
+  if (auto r = sync_dir(); !r) return r;
+  {
+    std::unique_lock lk(files_mu_);
+    files_.push_back(std::move(f));
+    end_offset_.store(header_bytes);
+  }
+  ++counts_.files_started;
+  return {};
+}
+
+boost::system::result<log_pos, error> segment_log::append(std::uint64_t first_key, std::uint64_t last_key,
+                                                          std::uint32_t count,
+                                                          std::span<const std::string_view> pieces) {
+  std::uint64_t body = 0;
+  for (auto p : pieces)
+    body += p.size();
+  if (body > max_body())
+    return error{make_error_code(errc::segment_too_large),
+                 "a queue log frame of " + std::to_string(body) + " bytes does not fit in a file of " +
+                     std::to_string(opt_.file_bytes) + " bytes (at most " + std::to_string(max_body()) + ")"};
+  file* f = files_.back().get();
+  std::uint64_t off = end_offset_.load();
+  const std::uint64_t need = frame_header_bytes + align8(body);
+  if (f->sealed || off + need > f->trailer_at()) {
+    if (!f->sealed) {
+      // The trailer (where the frames end), flushed before any frame goes
+      // into the next file.
+      unsigned char eh[frame_header_bytes];
+      encode_frame_head(eh, frame_head{0, 0, flag_end, f->seq, 0, off});
+      XXH3_state_t st;
+      XXH3_64bits_reset_withSeed(&st, f->salt);
+      XXH3_64bits_update(&st, eh, 40);
+      util::put_be64(eh + 40, XXH3_64bits_digest(&st));
+      if (!pwrite_all(f->fd, eh, sizeof eh, f->trailer_at()) || ::fdatasync(f->fd) != 0)
+        return io_error("cannot end queue log file " + f->path.string(), errno);
+      f->sealed = true;
+      f->frames_end = off;
+    }
+    if (auto r = start_next_file(); !r) return r.error();
+    f = files_.back().get();
+    off = end_offset_.load();
+  }
+
+  unsigned char head[frame_header_bytes];
+  encode_frame_head(head, frame_head{static_cast<std::uint32_t>(body), count, 0, f->seq, first_key, last_key});
+  XXH3_state_t st;
+  XXH3_64bits_reset_withSeed(&st, f->salt);
+  XXH3_64bits_update(&st, head, 40);
+  for (auto p : pieces)
+    XXH3_64bits_update(&st, p.data(), p.size());
+  util::put_be64(head + 40, XXH3_64bits_digest(&st));
+
+  static const char pad[8] = {};
+  std::vector<iovec> iov;
+  iov.reserve(pieces.size() + 2);
+  iov.push_back({head, sizeof head});
+  for (auto p : pieces)
+    if (!p.empty()) iov.push_back({const_cast<char*>(p.data()), p.size()});
+  if (align8(body) != body) iov.push_back({const_cast<char*>(pad), align8(body) - body});
+
+  // One pwritev when it takes everything (IOV_MAX permitting), else in turns.
+  std::uint64_t at = off;
+  std::size_t i = 0;
+  bool ok = true;
+  int err = 0;
+  while (i < iov.size()) {
+    int n = static_cast<int>(std::min<std::size_t>(iov.size() - i, IOV_MAX));
+    ssize_t w = ::pwritev(f->fd, iov.data() + i, n, static_cast<off_t>(at));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      ok = false;
+      err = w == 0 ? EIO : errno;
+      break;
+    }
+    at += static_cast<std::uint64_t>(w);
+    auto left = static_cast<std::size_t>(w);
+    while (i < iov.size() && left >= iov[i].iov_len)
+      left -= iov[i++].iov_len;
+    if (left > 0) {
+      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + left;
+      iov[i].iov_len -= left;
+    }
+  }
+  if (ok && opt_.sync && ::fdatasync(f->fd) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    // What was written must not pass for a frame later: its header goes
+    // (best effort; if this fails too, the frame may come back after a
+    // restart, as a commit whose answer was lost does).
+    static const unsigned char zeros[frame_header_bytes] = {};
+    pwrite_all(f->fd, zeros, sizeof zeros, off);
+    return io_error("cannot append to queue log file " + f->path.string() + " at offset " + std::to_string(off), err);
+  }
+  end_offset_.store(off + need);
+  ++counts_.appends;
+  return log_pos{f->seq, off};
+}
+
+log_pos segment_log::end() const {
+  std::shared_lock lk(files_mu_);
+  return log_pos{files_.back()->seq, end_offset_.load()};
+}
+
+log_pos segment_log::begin() const {
+  std::shared_lock lk(files_mu_);
+  return log_pos{files_.front()->seq, header_bytes};
+}
+
+boost::system::result<log_pos, error> segment_log::visit(log_pos from,
+                                                         const std::function<bool(const log_frame&)>& fn) const {
+  std::shared_lock lk(files_mu_);
+  const log_pos end{files_.back()->seq, end_offset_.load()};
+  if (from == log_pos{}) from = log_pos{files_.front()->seq, header_bytes};
+  auto it = std::lower_bound(files_.begin(), files_.end(), from.seq,
+                             [](const std::unique_ptr<file>& f, std::uint64_t s) { return f->seq < s; });
+  if (it == files_.end() || (*it)->seq != from.seq)
+    return error{make_error_code(errc::not_found), "queue log position " + std::to_string(from.seq) + ":" +
+                                                       std::to_string(from.offset) +
+                                                       " is in no file the log holds (released, or never written)"};
+  std::uint64_t off = std::max(from.offset, header_bytes);
+  for (; it != files_.end(); ++it, off = header_bytes) {
+    const file& f = **it;
+    const std::uint64_t stop = f.seq == end.seq ? end.offset : f.frames_end;
+    while (off < stop) {
+      auto fr = f.frame_at(off);
+      if (!fr || (fr->first.flags & flag_end))
+        return corrupt("queue log file " + f.path.string() + ": damaged frame at offset " + std::to_string(off) +
+                       " (length or hash) inside the log");
+      log_frame out{log_pos{f.seq, off}, fr->first.first_key, fr->first.last_key, fr->first.count, fr->second};
+      off = f.next(off, fr->first);
+      if (!fn(out)) return log_pos{f.seq, off};
+    }
+    if (f.seq == end.seq) return end;
+  }
+  return end;
+}
+
+res_void segment_log::release_before(log_pos pos) {
+  std::vector<std::unique_ptr<file>> gone;
+  {
+    std::unique_lock lk(files_mu_);
+    while (files_.size() > 1 && files_.front()->seq < pos.seq) {
+      gone.push_back(std::move(files_.front()));
+      files_.erase(files_.begin());
+    }
+  }
+  for (auto& f : gone) {
+    auto path = f->path;
+    f.reset(); // unmapped and closed
+    if (spares_.size() < opt_.spare_files) {
+      auto spare = opt_.dir / name_for("qspare", next_spare_++);
+      if (::rename(path.c_str(), spare.c_str()) != 0)
+        return io_error("cannot recycle queue log file " + path.string(), errno);
+      spares_.push_back(spare);
+    } else if (::unlink(path.c_str()) != 0) {
+      return io_error("cannot delete queue log file " + path.string(), errno);
+    }
+  }
+  if (!gone.empty()) return sync_dir();
+  return {};
+}
+
+segment_log::stats_t segment_log::stats() const {
+  std::shared_lock lk(files_mu_);
+  stats_t s = counts_;
+  s.files = files_.size();
+  s.spares = spares_.size();
+  s.disk_bytes = (s.files + s.spares) * opt_.file_bytes;
+  return s;
+}
+
+} // namespace edgerelay::queue::detail
