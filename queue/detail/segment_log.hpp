@@ -33,9 +33,16 @@
 // frames are checked when they are read); the newest is checked frame by
 // frame, and the first frame that fails its checks ends the log (a torn
 // tail: its append never returned). When a frame that passes its checks lies
-// anywhere after it, or an older file lacks its trailer, the log is damaged
-// and open() refuses it, saying which file and offset, rather than drop what
-// follows.
+// anywhere after it, or an older file lacks its trailer or its header, the
+// log is damaged and open() refuses it, saying which file and offset, rather
+// than drop what follows. Only the newest file may lack a valid header (it
+// was being taken into use): it goes back to the spares. Damage to the very
+// last frame cannot be told from a torn tail and reads as one. With `sync`
+// off, a power cut may leave frames flushed out of order, which open()
+// refuses as damage.
+//
+// The directory belongs to one process: the store's lock on its data_dir
+// (the log lives inside it) keeps a second one out.
 
 #include "util/errc.hpp"
 
@@ -52,6 +59,8 @@
 #include <vector>
 
 namespace edgerelay::queue::detail {
+
+struct segment_log_file; // one file of the log (segment_log.cpp)
 
 // Where a frame starts: its file's seq and its offset in that file.
 struct log_pos {
@@ -104,14 +113,21 @@ public:
   log_pos begin() const;
 
   // Calls fn for each frame from `from` (a frame's position, begin(), or a
-  // position end() returned) up to the end as of the call, in order, while
-  // fn returns true. Safe beside append() and release_before() on other
-  // threads: the bodies stay valid until visit() returns. Returns the
-  // position after the last frame fn was given (fn's `false` included).
-  boost::system::result<log_pos, error> visit(log_pos from, const std::function<bool(const log_frame&)>& fn) const;
+  // position end() returned; log_pos{} is begin()) up to the end as of the
+  // call, in order, while fn returns true. Safe beside append() and
+  // release_before() on other threads, and takes no lock while fn runs (fn
+  // may take its time; it must not call append() or release_before()). The
+  // bodies stay valid until visit() returns, or as long as `keep` (when
+  // given) holds the files visited: a file released while held is deleted,
+  // not recycled. Returns the position after the last frame fn was given
+  // (fn's `false` included).
+  using file_ref = std::shared_ptr<const segment_log_file>;
+  boost::system::result<log_pos, error> visit(log_pos from, const std::function<bool(const log_frame&)>& fn,
+                                              std::vector<file_ref>* keep = nullptr) const;
 
   // Gives up every file whose frames all lie before `pos` (writer thread
-  // only); they become spares or are deleted.
+  // only); they become spares or are deleted (all are tried; the first
+  // failure is returned).
   boost::system::result<void, error> release_before(log_pos pos);
 
   // Makes sure a spare file is ready, so that the next file change does not
@@ -123,24 +139,23 @@ public:
     std::uint64_t disk_bytes = 0; // the files' and the spares' bytes
     std::uint64_t appends = 0, files_started = 0, files_written = 0;
   };
-  stats_t stats() const;
-
-  struct file; // one file of the log (segment_log.cpp)
+  stats_t stats() const; // any thread
 
 private:
+  using file = segment_log_file;
   segment_log() = default;
   boost::system::result<void, error> recover();
   boost::system::result<void, error> start_next_file();
-  boost::system::result<std::filesystem::path, error> take_spare(std::uint64_t seq);
+  boost::system::result<void, error> seal(file& f, std::uint64_t off);
   boost::system::result<void, error> sync_dir();
 
   segment_log_options opt_;
   mutable std::shared_mutex files_mu_; // shared: readers; exclusive: a file is added or removed
-  std::vector<std::unique_ptr<file>> files_;
-  std::vector<std::filesystem::path> spares_;
+  std::vector<std::shared_ptr<file>> files_;
+  std::vector<std::filesystem::path> spares_; // changed under files_mu_ exclusive
   std::uint64_t next_seq_ = 1, next_spare_ = 1;
   std::atomic<std::uint64_t> end_offset_{0}; // in files_.back()
-  stats_t counts_;
+  std::atomic<std::uint64_t> appends_{0}, files_started_{0}, files_written_{0};
 };
 
 } // namespace edgerelay::queue::detail

@@ -23,6 +23,7 @@
 #include <poll.h>
 #include <random>
 #include <string>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -242,6 +243,15 @@ TEST_CASE("segment log: damage with complete frames after it is refused, not cut
     CHECK(r.error().code == make_error_code(errc::store_corrupt));
     CHECK_THAT(r.error().message, Catch::Contains("cut short or not a queue log file"));
   }
+  SECTION("an older file's header") {
+    auto first = file_of(dir.path(), pos.front().seq);
+    flip(first, 3);
+    auto r = try_open(dir.path());
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == make_error_code(errc::store_corrupt));
+    CHECK_THAT(r.error().message, Catch::Contains(first.string()) && Catch::Contains("header is missing or damaged"));
+    CHECK(std::filesystem::exists(first)); // refused, not recycled
+  }
   SECTION("a damaged header of a file that holds frames") {
     flip(file_of(dir.path(), pos.back().seq), 3);
     auto r = try_open(dir.path());
@@ -313,6 +323,46 @@ TEST_CASE("segment log: a file being taken into use when the writer stopped goes
   check_keys(read_all(*l), 1, 60);
 }
 
+TEST_CASE("segment log: a file start that fails is undone, appends go on, and the log opens", "[segment_log]") {
+  test::temp_dir dir{"qlog"};
+  std::uint64_t key = 0;
+  {
+    auto l = open_log(dir.path());
+    for (int i = 0; i < 10; ++i)
+      append_key(*l, ++key);
+    REQUIRE(l->prepare_spare()); // the next start needs no new file
+    // Room for one more descriptor (the file's), not for the directory's
+    // that the start opens last, after the rename and the header.
+    rlimit was{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &was) == 0);
+    const int lowest = ::dup(0);
+    REQUIRE(lowest >= 0);
+    ::close(lowest);
+    rlimit low = was;
+    low.rlim_cur = static_cast<rlim_t>(lowest + 1);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    std::string failure;
+    const auto files_before = l->stats().files;
+    for (int i = 0; i < 100 && failure.empty(); ++i) {
+      auto b = body_for(key + 1);
+      std::string_view pieces[] = {b};
+      if (auto r = l->append(key + 1, key + 1, 1, pieces))
+        ++key;
+      else
+        failure = r.error().message;
+    }
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &was) == 0);
+    INFO(failure);
+    CHECK_THAT(failure, Catch::Contains("queue log directory"));
+    CHECK(l->stats().files == files_before);
+    // The writer goes on with the next file.
+    for (int i = 0; i < 40; ++i)
+      append_key(*l, ++key);
+  }
+  auto l = open_log(dir.path());
+  check_keys(read_all(*l), 1, key);
+}
+
 TEST_CASE("segment log: bad options and a frame too large get a clear error and change nothing", "[segment_log]") {
   test::temp_dir dir{"qlog"};
   segment_log_options o;
@@ -349,14 +399,14 @@ TEST_CASE("segment log: a reader beside the writer sees whole frames in order", 
   auto l = open_log(dir.path());
   constexpr std::uint64_t total = 3000;
   std::atomic<std::uint64_t> read_upto{0}; // the writer releases only what the reader is past
-  std::atomic<bool> failed{false};
+  std::atomic<bool> failed{false}, stop{false};
   log_pos reader_at{};
   std::mutex pos_mu;
   std::thread reader([&] {
     std::uint64_t expect = 1;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     log_pos from{};
-    while (expect <= total && std::chrono::steady_clock::now() < deadline) {
+    while (expect <= total && !stop && std::chrono::steady_clock::now() < deadline) {
       auto r = l->visit(from, [&](const log_frame& f) {
         if (f.first_key != expect || f.body != body_for(f.first_key)) failed = true;
         ++expect;
@@ -374,18 +424,23 @@ TEST_CASE("segment log: a reader beside the writer sees whole frames in order", 
       read_upto = expect - 1;
     }
   });
-  for (std::uint64_t k = 1; k <= total; ++k) {
-    append_key(*l, k);
+  bool wrote_all = true;
+  for (std::uint64_t k = 1; k <= total && wrote_all; ++k) {
+    auto b = body_for(k);
+    std::string_view pieces[] = {b};
+    wrote_all = l->append(k, k, 1, pieces).has_value();
     if (k % 100 == 0) {
       log_pos p;
       {
         std::lock_guard lk(pos_mu);
         p = reader_at;
       }
-      if (p != log_pos{}) REQUIRE(l->release_before(p));
+      if (p != log_pos{}) wrote_all = wrote_all && l->release_before(p).has_value();
     }
   }
+  if (!wrote_all) stop = true;
   reader.join();
+  REQUIRE(wrote_all);
   CHECK_FALSE(failed);
   CHECK(read_upto == total);
 }
@@ -419,7 +474,12 @@ TEST_CASE("segment log: random damage to the newest file opens to a prefix or is
     }
     ++opened;
     auto got = read_all(**r);
-    REQUIRE(got.size() >= 1);
+    // Every frame that ends before the damage is kept: only what follows it may go.
+    const auto intact = static_cast<std::size_t>(std::count_if(pos.begin(), pos.end(), [&](const log_pos& p) {
+      return p.seq != pos.back().seq ||
+             p.offset + segment_log::frame_header_bytes + body_for(&p - pos.data() + 1).size() <= at;
+    }));
+    CHECK(got.size() >= intact);
     for (std::size_t j = 0; j < got.size(); ++j) {
       CHECK(got[j].key == j + 1);
       CHECK(got[j].body_ok);
