@@ -235,10 +235,13 @@ boost::system::result<reload_report, config_errors> node::impl::reload() {
   auto reload_tls = [&](const char* name, transport::tls_material* m, const std::optional<server_tls>& was,
                         const std::optional<server_tls>& now) {
     if (!m || !now || (was && *was == *now)) return;
-    if (auto r = m->reload(to_transport(now->files, now->allow)); !r) {
-      rep.failed.push_back(std::string(name) + ": " + r.error().message + " (the old material stays in use)");
+    // Counted, audited and baselined like a rotation of the files in place,
+    // so that the refresh after it finds nothing changed (it used to apply
+    // the same files a second time, with a second audit event).
+    std::string refused;
+    if (apply_tls(name, *m, nullptr, "reload", to_transport(now->files, now->allow), &refused) < 0) {
+      rep.failed.push_back(std::string(name) + ": " + refused + " (the old material stays in use)");
       tls_kept.insert(name);
-      note_tls_failure(name, "reload", r.error().message, now->files.cert.string());
     } else {
       rep.applied.push_back(std::string(name) + ": TLS material and allow list");
     }
@@ -510,19 +513,46 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
                                   (std::string_view(cause) == "retry" && it->second.retry_later));
     if (it->second.fingerprint == fp && !again) return 0;
   }
-  const auto before = transport::context_cert_info(*m->current());
-  auto r = m->reload();
+  std::string refused;
+  int r = apply_tls_locked(name, *m, keep.get(), cause, std::nullopt, fp, crl_text, &refused);
+  if (message)
+    *message = r > 0 ? "tls " + name + ": changed certificate, key, CA or CRL files"
+                     : "tls " + name + ": " + refused + " (the previous material stays in use)";
+  return r;
+}
+
+int node::impl::apply_tls(const std::string& name, transport::tls_material& m, forwarder* peer, const char* cause,
+                          std::optional<transport::tls_files> next, std::string* refused) {
+  std::lock_guard one(tls_refresh_mu);
+  const auto& files = next ? *next : *m.snapshot().files;
+  const std::string crl_text = files.crl.empty() ? std::string() : file_contents(files.crl);
+  return apply_tls_locked(name, m, peer, cause, std::move(next), files_fingerprint(files), crl_text, refused);
+}
+
+int node::impl::apply_tls_locked(const std::string& name, transport::tls_material& m, forwarder* peer,
+                                 const char* cause, std::optional<transport::tls_files> next, std::uint64_t fp,
+                                 const std::string& crl_text, std::string* refused) {
+  const auto crl_sum = util::checksum(crl_text);
+  const bool moved = next.has_value();
+  const std::string cert = moved ? next->cert.string() : m.snapshot().files->cert.string();
+  const auto before = transport::context_cert_info(*m.current());
+  auto r = next ? m.reload(std::move(*next)) : m.reload();
   bool crl_changed = false;
   {
     std::lock_guard lk(tls_mu);
     auto& slot = tls_slots[name];
-    slot.fingerprint = fp;
+    // A refused move to other files keeps the old files in force, with
+    // their baseline and refusal state: the next reload tries the move
+    // again (the old config section stays in force), not the old files.
+    if (r || !moved) {
+      slot.fingerprint = fp;
+      slot.refresh_failed = !r;
+      slot.retry_later = !r && transport::refused_until_later(r.error().code);
+    }
     if (r && slot.crl_checksum != crl_sum) {
-      crl_changed = !files->crl.empty();
+      crl_changed = !crl_text.empty();
       slot.crl_checksum = crl_sum;
     }
-    slot.refresh_failed = !r;
-    slot.retry_later = !r && transport::refused_until_later(r.error().code);
     if (r) {
       ++slot.rotations;
       slot.last_error.clear();
@@ -530,26 +560,25 @@ int node::impl::refresh_tls(const std::string& name, const char* cause, std::str
     }
   }
   if (!r) {
-    note_tls_failure(name, cause, r.error().message, m->snapshot().files->cert.string());
-    if (message) *message = "tls " + name + ": " + r.error().message + " (the previous material stays in use)";
+    note_tls_failure(name, cause, r.error().message, cert);
+    if (refused) *refused = r.error().message;
     return -1;
   }
   mx.tls_rotations.labels({name, "applied"}).inc();
   auto unix_time = [](std::int64_t sec) { return std::chrono::system_clock::time_point(std::chrono::seconds(sec)); };
-  if (auto ci = transport::context_cert_info(*m->current()))
+  if (auto ci = transport::context_cert_info(*m.current()))
     audit->cert_rotated(name, unix_time(before ? before->not_after_unix : 0), unix_time(ci->not_after_unix),
                         ci->sha256);
   if (crl_changed) audit->crl_reloaded(name, revoked_entries(crl_text));
-  if (auto ci = transport::context_cert_info(*m->current()))
+  if (auto ci = transport::context_cert_info(*m.current()))
     spdlog::info("tls {}: new material in force ({}): certificate {} serial {} valid until {}", name, cause,
                  ci->subject, ci->serial, utc_of_unix(ci->not_after_unix));
   else
     spdlog::info("tls {}: new material in force ({})", name, cause);
-  if (keep)
-    keep->recheck_peer();
+  if (peer)
+    peer->recheck_peer();
   else
-    recheck_sessions(name, *m);
-  if (message) *message = "tls " + name + ": changed certificate, key, CA or CRL files";
+    recheck_sessions(name, m);
   return 1;
 }
 

@@ -338,6 +338,18 @@ struct node::impl {
   // re-checks the live sessions it authenticates. Any thread.
   // Returns 0 unchanged (or first sight), 1 applied, -1 refused (message says why).
   int refresh_tls(const std::string& name, const char* cause, std::string* message = nullptr);
+  // Builds the named material again, from `next` (a reload that moves it to
+  // other files) or from the files it has, and records the outcome: on
+  // success the rotation (status, metric, audit event, log, the files'
+  // fingerprint as the new baseline) and a re-check of the sessions (of
+  // `peer`'s connection for a peer); on failure note_tls_failure() and, in
+  // `refused`, why. Returns 1 applied, -1 refused.
+  int apply_tls(const std::string& name, transport::tls_material& m, forwarder* peer, const char* cause,
+                std::optional<transport::tls_files> next, std::string* refused);
+  // The same with tls_refresh_mu held and the files already read.
+  int apply_tls_locked(const std::string& name, transport::tls_material& m, forwarder* peer, const char* cause,
+                       std::optional<transport::tls_files> next, std::uint64_t fp, const std::string& crl_text,
+                       std::string* refused);
   // A change of TLS files that was refused: status tls[].failures and
   // last_error, the rotations metric {result="failed"}, the log, the audit log.
   void note_tls_failure(const std::string& name, const char* cause, const std::string& message,

@@ -503,9 +503,23 @@ TEST_CASE("a reload that moves a listener to new TLS files that fail keeps the o
   body = reload();
   INFO(body);
   CHECK(body.find("listen: TLS material and allow list") != std::string::npos);
+  // Applied once: not a second time by the refresh of unchanged paths that
+  // follows (it used to report "tls listen: changed certificate…" and audit
+  // a second rotation).
+  CHECK(body.find("tls listen: changed") == std::string::npos);
   t = listen_tls();
   CHECK(t.at("serial") != serial0);
   CHECK(t.at("last_error") == "");
+  CHECK(t.at("rotations").to_number<int>() == 1);
+  CHECK(t.at("failures").to_number<int>() == 1);
+  const auto audit = dir / "hub" / "audit.log";
+  CHECK(audit_lines(audit, "\"event\":\"cert_rotated\"") == 1);
+  CHECK(audit_lines(audit, "\"event\":\"cert_reload_failed\"") == 1);
+  CHECK(audit_lines(audit, (dir / "pki2" / "server.pem").string()) >= 1); // the refusal names the new files
+  // A reload with nothing changed applies nothing.
+  body = reload();
+  CHECK(body.find("TLS material") == std::string::npos);
+  CHECK(listen_tls().at("rotations").to_number<int>() == 1);
   n->stop();
 }
 
