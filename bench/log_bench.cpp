@@ -29,6 +29,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <string_view>
@@ -127,58 +128,75 @@ void BM_log_append(benchmark::State& state) {
   state.counters["files_written"] = static_cast<double>(log.stats().files_written);
 }
 
-struct lmdb_env {
+// An LMDB environment holding one FIFO table of 160 B records under
+// sequential keys: keys [tail, head) are in it.
+struct lmdb_fifo {
   MDB_env* env = nullptr;
   MDB_dbi dbi = 0;
-  ~lmdb_env() {
+  std::uint64_t head = 0, tail = 0;
+  std::string value = random_bytes(record_bytes);
+  ~lmdb_fifo() {
     if (env) mdb_env_close(env);
   }
+  int open(const std::filesystem::path& dir, std::uint64_t map_bytes) {
+    int rc = mdb_env_create(&env);
+    if (!rc) rc = mdb_env_set_mapsize(env, map_bytes);
+    if (!rc) rc = mdb_env_open(env, dir.c_str(), MDB_NOTLS, 0640);
+    return rc;
+  }
+  // Appends `add` records and deletes the `del` oldest, in `t`.
+  int apply(MDB_txn* t, std::size_t add, std::size_t del) {
+    if (!dbi)
+      if (int r = mdb_dbi_open(t, nullptr, 0, &dbi)) return r;
+    unsigned char kb[8];
+    for (std::size_t i = 0; i < add; ++i) {
+      edgerelay::util::put_be64(kb, head++);
+      MDB_val k{8, kb}, v{value.size(), value.data()};
+      if (int r = mdb_put(t, dbi, &k, &v, MDB_APPEND)) return r;
+    }
+    for (std::size_t i = 0; i < del; ++i) {
+      edgerelay::util::put_be64(kb, tail++);
+      MDB_val k{8, kb};
+      if (int r = mdb_del(t, dbi, &k, nullptr)) return r;
+    }
+    return 0;
+  }
+  // One write transaction of `groups` × apply(add, del); the commit's
+  // seconds in *commit_s.
+  int transaction(std::size_t groups, std::size_t add, std::size_t del, double* commit_s = nullptr) {
+    MDB_txn* t = nullptr;
+    if (int r = mdb_txn_begin(env, nullptr, 0, &t)) return r;
+    for (std::size_t g = 0; g < groups; ++g)
+      if (int r = apply(t, add, del)) return mdb_txn_abort(t), r;
+    auto t0 = clock_type::now();
+    int r = mdb_txn_commit(t);
+    if (commit_s) *commit_s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    return r;
+  }
 };
+
+void skip_lmdb(benchmark::State& state, const char* what, int rc) {
+  std::string m = std::string(what) + ": " + mdb_strerror(rc);
+  state.SkipWithError(m.c_str());
+}
 
 void BM_lmdb_fifo_commit(benchmark::State& state) {
   if (!usable_dir(state)) return;
   const auto bytes = static_cast<std::size_t>(state.range(0));
   const std::size_t per_txn = std::max<std::size_t>(1, bytes / record_bytes);
   scratch_dir dir("lmdb_fifo");
-  lmdb_env e;
-  auto fail = [&](const char* what, int rc) {
-    std::string m = std::string(what) + ": " + mdb_strerror(rc);
-    state.SkipWithError(m.c_str());
-  };
-  int rc = mdb_env_create(&e.env);
-  if (!rc) rc = mdb_env_set_mapsize(e.env, 1ull << 30);
-  if (!rc) rc = mdb_env_open(e.env, dir.path().c_str(), MDB_NOTLS, 0640);
-  if (rc) return fail("mdb_env_open", rc);
-  const std::string value = random_bytes(record_bytes);
-  std::uint64_t head = 0, tail = 0; // keys [tail, head) are in the table
-  auto txn = [&](std::size_t add, std::size_t del) -> int {
-    MDB_txn* t = nullptr;
-    int r = mdb_txn_begin(e.env, nullptr, 0, &t);
-    if (r) return r;
-    if (!e.dbi && (r = mdb_dbi_open(t, nullptr, 0, &e.dbi))) return mdb_txn_abort(t), r;
-    unsigned char kb[8];
-    for (std::size_t i = 0; i < add; ++i) {
-      edgerelay::util::put_be64(kb, head++);
-      MDB_val k{8, kb}, v{value.size(), const_cast<char*>(value.data())};
-      if ((r = mdb_put(t, e.dbi, &k, &v, MDB_APPEND))) return mdb_txn_abort(t), r;
-    }
-    for (std::size_t i = 0; i < del; ++i) {
-      edgerelay::util::put_be64(kb, tail++);
-      MDB_val k{8, kb};
-      if ((r = mdb_del(t, e.dbi, &k, nullptr))) return mdb_txn_abort(t), r;
-    }
-    return mdb_txn_commit(t);
-  };
+  lmdb_fifo f;
+  if (int rc = f.open(dir.path(), 1ull << 30)) return skip_lmdb(state, "mdb_env_open", rc);
   // Fill the table, then churn it once over (not timed): the freelist is
   // then what a queue in use has.
   for (std::size_t filled = 0; filled < table_records; filled += 4096)
-    if ((rc = txn(4096, 0))) return fail("fill", rc);
+    if (int rc = f.transaction(1, 4096, 0)) return skip_lmdb(state, "fill", rc);
   for (std::size_t churned = 0; churned < table_records; churned += per_txn)
-    if ((rc = txn(per_txn, per_txn))) return fail("churn", rc);
+    if (int rc = f.transaction(1, per_txn, per_txn)) return skip_lmdb(state, "churn", rc);
   std::vector<double> us;
   for (auto _ : state) {
     auto t0 = clock_type::now();
-    if ((rc = txn(per_txn, per_txn))) return fail("commit", rc);
+    if (int rc = f.transaction(1, per_txn, per_txn)) return skip_lmdb(state, "commit", rc);
     double s = std::chrono::duration<double>(clock_type::now() - t0).count();
     state.SetIterationTime(s);
     us.push_back(s * 1e6);
@@ -189,66 +207,29 @@ void BM_lmdb_fifo_commit(benchmark::State& state) {
 // The checkpoint of the interval design (docs/proposals/edge-queue-log.md):
 // one LMDB write transaction that applies <groups> groups of 256 appends and
 // 256 deletes of 160 B records (a FIFO of <depth> records), then commits.
-// Timed: the commit alone (what a checkpoint would stall the writer for);
-// dirty_pages_per_commit is what it wrote.
+// Timed: the commit alone (what a checkpoint would stall the writer for).
 void BM_lmdb_interval_commit(benchmark::State& state) {
   if (!usable_dir(state)) return;
   const auto groups = static_cast<std::size_t>(state.range(0));
   const auto depth = static_cast<std::size_t>(state.range(1));
   constexpr std::size_t per_group = 256;
   scratch_dir dir("lmdb_interval");
-  lmdb_env e;
-  auto fail = [&](const char* what, int rc) {
-    std::string m = std::string(what) + ": " + mdb_strerror(rc);
-    state.SkipWithError(m.c_str());
-  };
-  int rc = mdb_env_create(&e.env);
-  if (!rc) rc = mdb_env_set_mapsize(e.env, 4ull << 30);
-  if (!rc) rc = mdb_env_open(e.env, dir.path().c_str(), MDB_NOTLS, 0640);
-  if (rc) return fail("mdb_env_open", rc);
-  const std::string value = random_bytes(record_bytes);
-  std::uint64_t head = 0, tail = 0;
-  MDB_txn* t = nullptr;
-  auto apply = [&](std::size_t add, std::size_t del) -> int {
-    unsigned char kb[8];
-    for (std::size_t i = 0; i < add; ++i) {
-      edgerelay::util::put_be64(kb, head++);
-      MDB_val k{8, kb}, v{value.size(), const_cast<char*>(value.data())};
-      if (int r = mdb_put(t, e.dbi, &k, &v, MDB_APPEND)) return r;
-    }
-    for (std::size_t i = 0; i < del; ++i) {
-      edgerelay::util::put_be64(kb, tail++);
-      MDB_val k{8, kb};
-      if (int r = mdb_del(t, e.dbi, &k, nullptr)) return r;
-    }
-    return 0;
-  };
-  auto interval = [&](std::size_t n, std::size_t add, std::size_t del, double* commit_s) -> int {
-    if (int r = mdb_txn_begin(e.env, nullptr, 0, &t)) return r;
-    if (!e.dbi)
-      if (int r = mdb_dbi_open(t, nullptr, 0, &e.dbi)) return mdb_txn_abort(t), r;
-    for (std::size_t g = 0; g < n; ++g)
-      if (int r = apply(add, del)) return mdb_txn_abort(t), r;
-    auto t0 = clock_type::now();
-    int r = mdb_txn_commit(t);
-    if (commit_s) *commit_s = std::chrono::duration<double>(clock_type::now() - t0).count();
-    return r;
-  };
-  if ((rc = interval(1, depth, 0, nullptr))) return fail("fill", rc);
+  lmdb_fifo f;
+  if (int rc = f.open(dir.path(), 4ull << 30)) return skip_lmdb(state, "mdb_env_open", rc);
+  if (int rc = f.transaction(1, depth, 0)) return skip_lmdb(state, "fill", rc);
   for (int w = 0; w < 3; ++w)
-    if ((rc = interval(groups, per_group, per_group, nullptr))) return fail("churn", rc);
+    if (int rc = f.transaction(groups, per_group, per_group)) return skip_lmdb(state, "churn", rc);
   std::vector<double> us;
-  MDB_envinfo before{}, after{};
-  mdb_env_info(e.env, &before);
   for (auto _ : state) {
     double s = 0;
-    if ((rc = interval(groups, per_group, per_group, &s))) return fail("interval", rc);
+    if (int rc = f.transaction(groups, per_group, per_group, &s)) return skip_lmdb(state, "interval", rc);
     state.SetIterationTime(s);
     us.push_back(s * 1e6);
   }
-  mdb_env_info(e.env, &after);
   report(state, us, 0);
-  state.counters["file_pages"] = static_cast<double>(after.me_last_pgno + 1);
+  MDB_envinfo info{};
+  mdb_env_info(f.env, &info);
+  state.counters["file_pages"] = static_cast<double>(info.me_last_pgno + 1);
 }
 
 BENCHMARK(BM_log_append)->Arg(4096)->Arg(40960)->Arg(1 << 20)->UseManualTime()->Unit(benchmark::kMicrosecond);
