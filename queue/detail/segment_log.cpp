@@ -111,6 +111,23 @@ std::uint64_t new_salt() {
   return gen();
 }
 
+// A seeded XXH3-64 over several pieces. The state is cleared first: a
+// seeded reset reads the state's previous seed to decide whether to rebuild
+// its secret, so a stack state left as it was could keep the secret of an
+// earlier call (under ASan, one hash in a few was wrong).
+class seeded_hash {
+public:
+  explicit seeded_hash(std::uint64_t seed) {
+    XXH3_INITSTATE(&st_);
+    XXH3_64bits_reset_withSeed(&st_, seed);
+  }
+  void update(const void* p, std::size_t n) { XXH3_64bits_update(&st_, p, n); }
+  std::uint64_t digest() { return XXH3_64bits_digest(&st_); }
+
+private:
+  XXH3_state_t st_;
+};
+
 struct frame_head {
   std::uint32_t body_len = 0, count = 0, flags = 0;
   std::uint64_t seq = 0, first_key = 0, last_key = 0;
@@ -159,11 +176,10 @@ struct segment_log_file {
     h.flags = util::get_be32(p + 36);
     if (h.seq != seq || h.body_len > size - off - frame_header_bytes) return std::nullopt;
     if (!(h.flags & flag_end) && off + frame_header_bytes + align8(h.body_len) > trailer_at()) return std::nullopt;
-    XXH3_state_t st;
-    XXH3_64bits_reset_withSeed(&st, salt);
-    XXH3_64bits_update(&st, p, 40);
-    XXH3_64bits_update(&st, p + frame_header_bytes, h.body_len);
-    if (XXH3_64bits_digest(&st) != util::get_be64(p + 40)) return std::nullopt;
+    seeded_hash hs(salt);
+    hs.update(p, 40);
+    hs.update(p + frame_header_bytes, h.body_len);
+    if (hs.digest() != util::get_be64(p + 40)) return std::nullopt;
     return std::pair{h, std::string_view(reinterpret_cast<const char*>(p + frame_header_bytes), h.body_len)};
   }
 
@@ -422,7 +438,12 @@ res_void segment_log::start_next_file() {
     return e;
   }
   auto mf = map_file(path, opt_.file_bytes);
-  if (!mf) return give_back(mf.error());
+  if (!mf) {
+    // The file itself is unusable (cut short, unreadable): it is dropped,
+    // not given back, or every later start would take it again.
+    ::unlink(path.c_str());
+    return mf.error();
+  }
   auto f = std::move(*mf);
   f->seq = seq;
   f->salt = new_salt();
@@ -452,10 +473,9 @@ res_void segment_log::seal(file& f, std::uint64_t off) {
   f.sealing = true;
   unsigned char eh[frame_header_bytes];
   encode_frame_head(eh, frame_head{0, 0, flag_end, f.seq, 0, off});
-  XXH3_state_t st;
-  XXH3_64bits_reset_withSeed(&st, f.salt);
-  XXH3_64bits_update(&st, eh, 40);
-  util::put_be64(eh + 40, XXH3_64bits_digest(&st));
+  seeded_hash hs(f.salt);
+  hs.update(eh, 40);
+  util::put_be64(eh + 40, hs.digest());
   if (!pwrite_all(f.fd, eh, sizeof eh, f.trailer_at()) || ::fdatasync(f.fd) != 0)
     return errno_error([&] { return "cannot end queue log file " + f.path.string(); });
   f.frames_end = off;
@@ -486,12 +506,11 @@ boost::system::result<log_pos, error> segment_log::append(std::uint64_t first_ke
 
   unsigned char head[frame_header_bytes];
   encode_frame_head(head, frame_head{static_cast<std::uint32_t>(body), count, 0, f->seq, first_key, last_key});
-  XXH3_state_t st;
-  XXH3_64bits_reset_withSeed(&st, f->salt);
-  XXH3_64bits_update(&st, head, 40);
+  seeded_hash hs(f->salt);
+  hs.update(head, 40);
   for (auto p : pieces)
-    XXH3_64bits_update(&st, p.data(), p.size());
-  util::put_be64(head + 40, XXH3_64bits_digest(&st));
+    hs.update(p.data(), p.size());
+  util::put_be64(head + 40, hs.digest());
 
   static const char pad[8] = {};
   std::vector<iovec> iov;
