@@ -104,6 +104,20 @@ void check_keys(const std::vector<seen_frame>& got, std::uint64_t first, std::ui
   }
 }
 
+// Appends frames key + 1, key + 2, … until one fails (at most 100) and
+// returns that failure's message (empty if none did); key ends as the last
+// frame appended.
+std::string append_until_failure(segment_log& l, std::uint64_t& key) {
+  for (int i = 0; i < 100; ++i) {
+    auto b = body_for(key + 1);
+    std::string_view pieces[] = {b};
+    auto r = l.append(key + 1, key + 1, 1, pieces);
+    if (!r) return r.error().message;
+    ++key;
+  }
+  return {};
+}
+
 std::filesystem::path file_of(const std::filesystem::path& dir, std::uint64_t seq) {
   char name[48];
   std::snprintf(name, sizeof name, "qlog-%016llx.erq", static_cast<unsigned long long>(seq));
@@ -348,16 +362,8 @@ TEST_CASE("segment log: a file start that fails is undone, appends go on, and th
     rlimit low = was;
     low.rlim_cur = static_cast<rlim_t>(lowest + 1);
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
-    std::string failure;
     const auto files_before = l->stats().files;
-    for (int i = 0; i < 100 && failure.empty(); ++i) {
-      auto b = body_for(key + 1);
-      std::string_view pieces[] = {b};
-      if (auto r = l->append(key + 1, key + 1, 1, pieces))
-        ++key;
-      else
-        failure = r.error().message;
-    }
+    const std::string failure = append_until_failure(*l, key);
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &was) == 0);
     INFO(failure);
     CHECK_THAT(failure, Catch::Contains("queue log directory"));
@@ -385,15 +391,7 @@ TEST_CASE("segment log: a spare cut short fails its start once, is dropped, and 
         ++cut;
       }
     REQUIRE(cut >= 1);
-    std::string failure;
-    for (int i = 0; i < 100 && failure.empty(); ++i) {
-      auto b = body_for(key + 1);
-      std::string_view pieces[] = {b};
-      if (auto r = l->append(key + 1, key + 1, 1, pieces))
-        ++key;
-      else
-        failure = r.error().message;
-    }
+    const std::string failure = append_until_failure(*l, key);
     INFO(failure);
     CHECK_THAT(failure, Catch::Contains("cut short"));
     // The next append writes a new spare instead of taking the bad one again.
