@@ -69,6 +69,17 @@ struct cluster {
     return r && r->status == 200;
   }
 
+  // Waits for a node just started to answer /healthz; when it does not, the
+  // failure says whether the process is still running and shows its log.
+  void require_healthy(const test::process& p, std::uint16_t admin, const char* name) {
+    auto t0 = std::chrono::steady_clock::now();
+    bool ok = wait_until([&] { return !p.running() || healthy(admin); }, 20s) && p.running();
+    auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    INFO(name << " after " << waited.count() << " ms: " << (p.running() ? "running" : "exited") << "; its log:\n"
+              << p.log());
+    REQUIRE(ok);
+  }
+
   void start_hub() {
     auto cfg =
         write("hub.toml", "[node]\nid = \"hub\"\ndata_dir = " + q(dir / "hub") +
@@ -80,7 +91,7 @@ struct cluster {
                               "\"\n[evidence]\ncanary_interval = \"0s\"\n[[peer]]\nname = \"spool\"\nurl = \"file://" +
                               spool.string() + "\"\n");
     hub = test::process({bin(), "run", "--config", cfg.string()}, dir / "hub.log");
-    REQUIRE(wait_until([&] { return healthy(hub_admin); }, 20s));
+    require_healthy(hub, hub_admin, "hub");
   }
 
   void start_edge() {
@@ -94,7 +105,7 @@ struct cluster {
             "\nkey = " + q(pki.client_key) + "\nca = " + q(pki.ca_cert) + "\ncompression = \"zstd\"\n" +
             "dial_timeout = \"2s\"\nack_timeout = \"10s\"\n" + edge_extra_peers);
     edge = test::process({bin(), "run", "--config", cfg.string()}, dir / "edge.log");
-    REQUIRE(wait_until([&] { return healthy(edge_admin); }, 20s));
+    require_healthy(edge, edge_admin, "edge");
   }
 
   json::object status(std::uint16_t admin) {
