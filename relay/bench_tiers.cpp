@@ -24,6 +24,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <poll.h>
 #include <random>
 #include <sstream>
@@ -566,18 +567,25 @@ latency_stats percentiles(std::vector<std::int64_t> v) {
 // 100 ms windows there were, the median of their p99s (the steady state),
 // and how many had a p99 above 10 ms. A p99 over the whole phase above
 // 10 ms with few such windows comes from stalls, not from the steady state.
+// `timeline` is every window's p99 in send order (nullopt: nothing was sent
+// in it), to tell a short stall from a slow stretch of many seconds.
 struct window_stats {
   std::size_t count = 0, over_10ms = 0;
   double p99_ms_median = 0;
+  std::vector<std::optional<double>> timeline;
 };
 
 window_stats summarize(std::vector<std::vector<std::int64_t>> windows) {
   window_stats s;
   std::vector<double> p99s;
   for (auto& w : windows) {
-    if (w.empty()) continue;
+    if (w.empty()) {
+      s.timeline.emplace_back();
+      continue;
+    }
     auto p = percentiles(std::move(w)).p99_ms;
     p99s.push_back(p);
+    s.timeline.emplace_back(p);
     if (p > 10.0) ++s.over_10ms;
   }
   s.count = p99s.size();
@@ -587,6 +595,18 @@ window_stats summarize(std::vector<std::vector<std::int64_t>> windows) {
     s.p99_ms_median = *mid;
   }
   return s;
+}
+
+// Each window's p99 in ms, null for an empty window.
+json::array timeline_json(const std::vector<std::optional<double>>& t) {
+  json::array a;
+  a.reserve(t.size());
+  for (auto& p : t)
+    if (p)
+      a.emplace_back(*p);
+    else
+      a.emplace_back(nullptr);
+  return a;
 }
 
 struct tier_result {
@@ -879,7 +899,8 @@ json::object to_json(const tier_result& r) {
                       {"half_load_windows", json::object{{"window_ms", spool_tailer::window_ms},
                                                          {"count", r.half_windows.count},
                                                          {"p99_ms_median", r.half_windows.p99_ms_median},
-                                                         {"over_10ms", r.half_windows.over_10ms}}},
+                                                         {"over_10ms", r.half_windows.over_10ms},
+                                                         {"p99_ms", timeline_json(r.half_windows.timeline)}}},
                       {"cpu_s_per_gb", r.cpu_s_per_gb},
                       {"cpu_s", json::object{{"edge", r.cpu_edge_s}, {"hub", r.cpu_hub_s}}},
                       {"rss_max_bytes", json::object{{"edge", r.rss_edge}, {"hub", r.rss_hub}}},

@@ -52,6 +52,17 @@ TEST_CASE("bench tiers --quick delivers every segment of T1 and T3 exactly once 
     CHECK(w.at("over_10ms").to_number<std::int64_t>() <= w.at("count").to_number<std::int64_t>());
     CHECK(w.at("p99_ms_median").to_number<double>() > 0);
     CHECK(w.at("p99_ms_median").to_number<double>() <= t.at("max_ms_at_half_load").to_number<double>());
+    // Each window's p99 in send order: as many non-null as `count`, as many
+    // above 10 ms as `over_10ms`, none above the phase's max.
+    std::int64_t filled = 0, over = 0;
+    for (auto& p : w.at("p99_ms").as_array()) {
+      if (p.is_null()) continue;
+      ++filled;
+      over += p.to_number<double>() > 10.0;
+      CHECK(p.to_number<double>() <= t.at("max_ms_at_half_load").to_number<double>());
+    }
+    CHECK(filled == w.at("count").to_number<std::int64_t>());
+    CHECK(over == w.at("over_10ms").to_number<std::int64_t>());
     CHECK(t.at("rss_max_bytes").at("edge").to_number<std::int64_t>() > 1 << 20);
     CHECK(t.at("rss_max_bytes").at("hub").to_number<std::int64_t>() > 1 << 20);
     CHECK(t.at("segments_delivered").to_number<std::int64_t>() > 0);
