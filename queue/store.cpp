@@ -248,7 +248,8 @@ struct request {
   bool parked = false;
   bool shed = false; // failed for lack of map space in this group
   bool shed_retried = false;
-  std::vector<std::uint64_t> unlease; // keys whose lease ends when this commits
+  std::vector<std::uint64_t> unlease;  // keys whose lease ends when this commits
+  bool keep_leases_on_failure = false; // ack: store::failed_ack_leases::keep
 };
 
 struct store::impl {
@@ -293,6 +294,8 @@ struct store::impl {
   std::uint64_t commits = 0, commits_direct_only = 0;
   std::atomic<std::uint64_t> refused_early{0}; // segments refused before reaching the writer
   std::atomic<std::uint64_t> read_since_trim{0};
+  std::atomic<unsigned> fail_commits_for_test{0}; // store::fail_next_commits_for_test
+  std::atomic<int> fail_commit_errno_for_test{EIO};
   // When the writer last dropped the map's pages (writer thread).
   std::chrono::steady_clock::time_point writer_trimmed{};
 
@@ -564,7 +567,7 @@ struct store::impl {
     // commit those keys are gone; after a failure they are still queued and
     // must become readable again, so the read cursor moves back to them.
     for (auto& r : group) {
-      if (r->unlease.empty()) continue;
+      if (r->unlease.empty() || (!committed_ok && r->keep_leases_on_failure)) continue;
       if (peer_rt* p = peer(r->peer)) {
         std::lock_guard lk(p->mu);
         if (!committed_ok) p->cursor = std::min(p->cursor, *std::min_element(r->unlease.begin(), r->unlease.end()));
@@ -741,6 +744,10 @@ struct store::impl {
       rc = mdb_env_set_flags(env, MDB_NOMETASYNC, relax ? 1 : 0);
       if (rc) return keep_delivered(rc);
       meta_sync_relaxed = relax;
+    }
+    if (fail_commits_for_test.load(std::memory_order_relaxed) > 0) {
+      fail_commits_for_test.fetch_sub(1, std::memory_order_relaxed);
+      return keep_delivered(fail_commit_errno_for_test.load(std::memory_order_relaxed));
     }
     rc = w.commit();
     if (rc) return keep_delivered(rc);
@@ -1912,12 +1919,13 @@ void store::enqueue(std::vector<segment_in> segments, enqueue_callback done) {
   impl_->submit(std::move(r));
 }
 
-void store::ack(peer_id peer, std::vector<std::uint64_t> keys, done_callback done) {
+void store::ack(peer_id peer, std::vector<std::uint64_t> keys, done_callback done, failed_ack_leases on_failure) {
   auto r = std::make_unique<request>();
   r->k = request::kind::ack;
   r->peer = peer;
   r->keys = std::move(keys);
   r->on_done = std::move(done);
+  r->keep_leases_on_failure = on_failure == failed_ack_leases::keep;
   impl_->submit(std::move(r));
 }
 
@@ -2047,8 +2055,8 @@ T wait_for(F&& start) {
 enqueue_result store::enqueue_wait(std::vector<segment_in> segments) {
   return wait_for<enqueue_result>([&](auto cb) { enqueue(std::move(segments), cb); });
 }
-sys_ec store::ack_wait(peer_id peer, std::vector<std::uint64_t> keys) {
-  return wait_for<sys_ec>([&](auto cb) { ack(peer, std::move(keys), cb); });
+sys_ec store::ack_wait(peer_id peer, std::vector<std::uint64_t> keys, failed_ack_leases on_failure) {
+  return wait_for<sys_ec>([&](auto cb) { ack(peer, std::move(keys), cb, on_failure); });
 }
 sys_ec store::nack_wait(peer_id peer, std::vector<std::uint64_t> keys, std::string error) {
   return wait_for<sys_ec>([&](auto cb) { nack(peer, std::move(keys), std::move(error), cb); });
@@ -2200,6 +2208,11 @@ result<std::uint64_t> store::recover_direct_wait(peer_id peer, std::vector<std::
   auto f = pr.get_future();
   recover_direct(peer, std::move(ids), [&](result<std::uint64_t> v) { pr.set_value(v); });
   return f.get();
+}
+
+void store::fail_next_commits_for_test(unsigned n, int err) {
+  impl_->fail_commit_errno_for_test = err;
+  impl_->fail_commits_for_test = n;
 }
 
 void store::release(peer_id peer, std::span<const std::uint64_t> keys) {

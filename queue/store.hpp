@@ -276,9 +276,18 @@ public:
   std::optional<peer_id> find_peer(std::string_view name) const;
   std::vector<std::pair<peer_id, std::string>> peers() const;
 
+  // What an ack whose commit fails does to its keys' leases. `end` (the
+  // default): they become readable again, for a caller whose peer drops a
+  // resent segment as a duplicate. `keep`: they stay leased, neither read
+  // again nor evicted, for a caller whose endpoint already has them and
+  // cannot drop a resend; it acks them again until that commits, or
+  // release()s them.
+  enum class failed_ack_leases { end, keep };
+
   // Write requests. Callbacks run on the writer thread after the commit.
   void enqueue(std::vector<segment_in> segments, enqueue_callback done);
-  void ack(peer_id peer, std::vector<std::uint64_t> keys, done_callback done);
+  void ack(peer_id peer, std::vector<std::uint64_t> keys, done_callback done,
+           failed_ack_leases on_failure = failed_ack_leases::end);
   void nack(peer_id peer, std::vector<std::uint64_t> keys, std::string error, done_callback done);
   void reject(peer_id peer, std::vector<rejected_item> items, done_callback done);
   void deadletter_retry(deadletter_selector sel, std::function<void(result<std::uint64_t>)> done);
@@ -298,7 +307,8 @@ public:
 
   // Blocking forms of the above, for tools and tests (never from the writer's callbacks).
   enqueue_result enqueue_wait(std::vector<segment_in> segments);
-  boost::system::error_code ack_wait(peer_id peer, std::vector<std::uint64_t> keys);
+  boost::system::error_code ack_wait(peer_id peer, std::vector<std::uint64_t> keys,
+                                     failed_ack_leases on_failure = failed_ack_leases::end);
   boost::system::error_code nack_wait(peer_id peer, std::vector<std::uint64_t> keys, std::string error);
   boost::system::error_code reject_wait(peer_id peer, std::vector<rejected_item> items);
   result<std::uint64_t> deadletter_retry_wait(deadletter_selector sel);
@@ -313,6 +323,10 @@ public:
   // use goes away. From then on an enqueue that finds no room ends at once
   // the same way instead of waiting (a request that arrives later).
   void expire_waiting();
+  // The next `n` write transactions fail at their commit with `err` (an
+  // errno, as a full disk or a failing device gives), as if the kernel had
+  // refused the write: nothing they applied is kept. A seam for tests.
+  void fail_next_commits_for_test(unsigned n, int err);
 
   // Reads up to max_segments / max_bytes (at least one segment if any is
   // ready, even when it alone exceeds max_bytes) of the peer's ready

@@ -499,8 +499,10 @@ private:
       if (r && r->status >= 200 && r->status < 300) {
         // The endpoint has the batch: acknowledge it until that commits (a
         // failed group commit, say on a full disk), never by posting it again.
+        // The batch stays leased meanwhile, so that evict_lru cannot count
+        // as evicted what the endpoint has.
         for (bool retried = false;; retried = true) {
-          auto ec = n_.store->ack_wait(id_, keys);
+          auto ec = n_.store->ack_wait(id_, keys, queue::store::failed_ack_leases::keep);
           if (!ec) {
             if (retried) {
               std::lock_guard lk(mu_);

@@ -9,6 +9,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cerrno>
 #include <mutex>
 
 using namespace edgerelay;
@@ -229,6 +231,39 @@ TEST_CASE("when one sink fails, what another sink already delivered is counted, 
   // A resend of a's part is a duplicate.
   auto st = f.put("edge", 1, 5, {f.a});
   CHECK(std::count(st.begin(), st.end(), queue::item_status::duplicate) == 5);
+  CHECK(f.sink->calls() == 1);
+}
+
+TEST_CASE("a direct delivery whose commit fails is not written again: the resend is counted delivered",
+          "[queue][direct]") {
+  direct_fixture f;
+  f.s->set_direct_sink(f.a, f.sink);
+  // The sink makes the segments durable, then the commit that would count
+  // them fails (a full disk): the sender hears of the failure.
+  f.s->fail_next_commits_for_test(1, ENOSPC);
+  std::vector<std::string> ids = range_ids("edge", 1, 10);
+  const queue::peer_id pa[] = {f.a};
+  std::vector<queue::segment_in> segs;
+  for (auto& id : ids)
+    segs.push_back({"data", "x", pa, id, 1000});
+  auto r = f.s->enqueue_wait(segs);
+  CHECK(r.ec == std::errc::no_space_on_device);
+  CHECK(f.sink->ids() == ids);
+  CHECK(f.stats(f.a).counters.routed == 0);
+  CHECK(f.stats(f.a).counters.delivered == 0);
+  f.clean_accounting();
+  // It sends them again: accepted and counted delivered, not written twice.
+  auto st = f.put("edge", 1, 10, {f.a});
+  CHECK(std::count(st.begin(), st.end(), queue::item_status::stored) == 10);
+  CHECK(f.sink->ids() == ids);
+  CHECK(f.sink->calls() == 1);
+  CHECK(f.stats(f.a).counters.routed == 10);
+  CHECK(f.stats(f.a).counters.delivered == 10);
+  CHECK(f.stats(f.a).counters.queued == 0);
+  f.clean_accounting();
+  // And once more: now a duplicate.
+  st = f.put("edge", 1, 10, {f.a});
+  CHECK(std::count(st.begin(), st.end(), queue::item_status::duplicate) == 10);
   CHECK(f.sink->calls() == 1);
 }
 

@@ -7,6 +7,7 @@
 #include <lmdb.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <fstream>
 #include <future>
@@ -223,6 +224,50 @@ TEST_CASE("acking twice is harmless and counts once") {
   REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(bt)));
   REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(bt)));
   CHECK(f.counters(f.a).delivered == 2);
+  f.check_accounting();
+}
+
+TEST_CASE("an ack whose commit fails ends its leases, or keeps them when asked: then nothing reads or evicts them") {
+  fixture f([](auto& o) {
+    o.max_bytes = 1000;
+    o.overflow = queue::overflow_policy::evict_lru;
+  });
+  auto ids = f.put(2, {f.a}, 60, "s1", "a");
+  auto bt = f.read(f.a);
+  REQUIRE(fixture::ids(bt) == ids);
+  // By default a failed ack makes its segments readable again.
+  f.s->fail_next_commits_for_test(1, ENOSPC);
+  CHECK(f.s->ack_wait(f.a, fixture::keys(bt)) == std::errc::no_space_on_device);
+  auto again = f.read(f.a);
+  CHECK(fixture::ids(again) == ids);
+  // Kept: they stay leased, so they are not read again...
+  f.s->fail_next_commits_for_test(1, ENOSPC);
+  CHECK(f.s->ack_wait(f.a, fixture::keys(again), queue::store::failed_ack_leases::keep) ==
+        std::errc::no_space_on_device);
+  CHECK(f.read(f.a).segments.empty());
+  CHECK(f.s->stats().peers[0].inflight == 2);
+  // ...and evict_lru passes them over, though they are the oldest.
+  f.clk.advance(1h);
+  for (int i = 0; i < 12; ++i)
+    f.put(1, {f.b}, 60, "s1", "b" + std::to_string(i) + "-");
+  auto ev = f.s->evictions(0, 100);
+  REQUIRE(ev);
+  CHECK_FALSE(ev->empty());
+  for (auto& e : *ev)
+    CHECK(e.peer == "b");
+  // release() ends a kept lease as it ends any other.
+  f.s->fail_next_commits_for_test(1, ENOSPC);
+  CHECK(f.s->ack_wait(f.a, fixture::keys(again), queue::store::failed_ack_leases::keep));
+  f.s->release(f.a, fixture::keys(again));
+  auto third = f.read(f.a);
+  CHECK(fixture::ids(third) == ids);
+  // The ack that commits counts both delivered, once, and none evicted.
+  REQUIRE_FALSE(f.s->ack_wait(f.a, fixture::keys(third), queue::store::failed_ack_leases::keep));
+  auto c = f.counters(f.a);
+  CHECK(c.delivered == 2);
+  CHECK(c.evicted == 0);
+  CHECK(c.queued == 0);
+  CHECK(f.s->stats().peers[0].inflight == 0);
   f.check_accounting();
 }
 
