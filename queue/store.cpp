@@ -296,6 +296,7 @@ struct store::impl {
   std::atomic<std::uint64_t> read_since_trim{0};
   std::atomic<unsigned> fail_commits_for_test{0}; // store::fail_next_commits_for_test
   std::atomic<int> fail_commit_errno_for_test{EIO};
+  std::atomic<bool> fail_only_acks_for_test{false};
   // When the writer last dropped the map's pages (writer thread).
   std::chrono::steady_clock::time_point writer_trimmed{};
 
@@ -745,7 +746,9 @@ struct store::impl {
       if (rc) return keep_delivered(rc);
       meta_sync_relaxed = relax;
     }
-    if (fail_commits_for_test.load(std::memory_order_relaxed) > 0) {
+    if (fail_commits_for_test.load(std::memory_order_acquire) > 0 &&
+        (!fail_only_acks_for_test ||
+         std::any_of(group.begin(), group.end(), [](auto& r) { return r->k == request::kind::ack; }))) {
       fail_commits_for_test.fetch_sub(1, std::memory_order_relaxed);
       return keep_delivered(fail_commit_errno_for_test.load(std::memory_order_relaxed));
     }
@@ -2210,10 +2213,12 @@ result<std::uint64_t> store::recover_direct_wait(peer_id peer, std::vector<std::
   return f.get();
 }
 
-void store::fail_next_commits_for_test(unsigned n, int err) {
+void store::fail_next_commits_for_test(unsigned n, int err, commit_fault which) {
   impl_->fail_commit_errno_for_test = err;
+  impl_->fail_only_acks_for_test = which == commit_fault::with_ack;
   impl_->fail_commits_for_test = n;
 }
+unsigned store::commit_faults_pending_for_test() const { return impl_->fail_commits_for_test.load(); }
 
 void store::release(peer_id peer, std::span<const std::uint64_t> keys) {
   peer_rt* p = impl_->peer(peer);

@@ -323,10 +323,14 @@ public:
   // use goes away. From then on an enqueue that finds no room ends at once
   // the same way instead of waiting (a request that arrives later).
   void expire_waiting();
-  // The next `n` write transactions fail at their commit with `err` (an
-  // errno, as a full disk or a failing device gives), as if the kernel had
-  // refused the write: nothing they applied is kept. A seam for tests.
-  void fail_next_commits_for_test(unsigned n, int err);
+  // The next `n` write transactions (`with_ack`: the next `n` that hold an
+  // ack) fail at their commit with `err` (an errno, as a full disk or a
+  // failing device gives), as if the kernel had refused the write: nothing
+  // they applied is kept. A seam for tests.
+  enum class commit_fault { any, with_ack };
+  void fail_next_commits_for_test(unsigned n, int err, commit_fault which = commit_fault::any);
+  // How many of those are still to come.
+  unsigned commit_faults_pending_for_test() const;
 
   // Reads up to max_segments / max_bytes (at least one segment if any is
   // ready, even when it alone exceeds max_bytes) of the peer's ready

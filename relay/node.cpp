@@ -939,6 +939,8 @@ boost::system::result<reload_report, config_errors> node::reload() { return impl
 
 json::object node::status() const { return impl_->status(); }
 
+queue::store& node::store_for_test() { return *impl_->store; }
+
 json::object node::soak_report() const { return impl_->canary->soak_report(); }
 
 std::string node::address(std::string_view listener) const {

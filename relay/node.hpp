@@ -17,6 +17,10 @@
 #include <string>
 #include <vector>
 
+namespace edgerelay::queue {
+class store;
+}
+
 namespace edgerelay::relay {
 
 // What a reload (POST /v1/reload, SIGHUP) did. Each entry is a sentence
@@ -54,6 +58,9 @@ public:
   boost::json::object soak_report() const;
   // Bound addresses (useful with port 0): "ingest", "listen", "admin".
   std::string address(std::string_view listener) const;
+  // The node's store, for tests that inject its faults
+  // (store::fail_next_commits_for_test). Valid from create() to destruction.
+  queue::store& store_for_test();
 
   struct impl;
 

@@ -1,6 +1,7 @@
 // An edge node whose peer is an https:// endpoint (a test HTTPS server with
 // mutual TLS): 2xx delivers, 4xx dead-letters, 5xx is retried.
 
+#include "queue/store.hpp"
 #include "relay/config.hpp"
 #include "relay/http_client.hpp"
 #include "relay/node.hpp"
@@ -13,6 +14,8 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 
+#include <condition_variable>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -25,21 +28,34 @@ namespace {
 
 struct sink_handler : transport::http_handler {
   std::mutex mu;
+  std::condition_variable cv;
   std::vector<unsigned> script; // statuses to answer, in order; then 200
   std::multiset<std::string> ids;
-  std::set<std::string> identities; // client certificate identities seen
+  std::vector<std::string> first_ids; // the first POST's
+  std::set<std::string> identities;   // client certificate identities seen
   int posts = 0;
+  // hold_first: the first POST waits (up to 20 s) until `release` is set,
+  // then runs `on_release` before it is answered.
+  bool hold_first = false, release = false;
+  std::function<void()> on_release;
   void on_request(transport::http_request&& req, const transport::connection_info& who,
                   transport::responder r) override {
-    std::lock_guard lk(mu);
+    std::unique_lock lk(mu);
     ++posts;
+    if (hold_first && posts == 1) {
+      cv.notify_all();
+      cv.wait_for(lk, 20s, [&] { return release; });
+      if (on_release) on_release();
+    }
     unsigned status = script.empty() ? 200 : script.front();
     if (!script.empty()) script.erase(script.begin());
     if (status == 200) {
       identities.insert(who.identity);
       auto v = json::parse(req.body());
-      for (auto& s : v.at("segments").as_array())
+      for (auto& s : v.at("segments").as_array()) {
         ids.insert(std::string(s.at("id").as_string()));
+        if (posts == 1) first_ids.emplace_back(s.at("id").as_string());
+      }
     }
     r.send_json(status, R"({"ok":)" + std::string(status == 200 ? "true" : "false") + "}");
   }
@@ -75,10 +91,12 @@ struct https_fixture {
     io.stop();
     t.join();
   }
-  void start_edge(int max_retry) {
+  // queue_extra: more [queue] lines.
+  void start_edge(int max_retry, const std::string& queue_extra = "") {
     auto q = [](const std::filesystem::path& x) { return "\"" + x.string() + "\""; };
     std::string toml = "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "data") +
-                       "\n[queue]\nmax_retry = " + std::to_string(max_retry) +
+                       "\n[evidence]\ncanary_interval = \"0s\"\n[queue]\n" + queue_extra +
+                       "max_retry = " + std::to_string(max_retry) +
                        "\nretry_backoff = {initial = \"10ms\", max = \"20ms\", multiplier = 2.0, jitter = 0.0}\n"
                        "[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[peer]]\nname = "
                        "\"api\"\nurl = \"https://127.0.0.1:" +
@@ -93,15 +111,20 @@ struct https_fixture {
     edge = std::move(*n);
     REQUIRE(edge->start().has_value());
   }
-  void send(int n) {
+  void send(int n, std::size_t size = 0) {
     for (int i = 0; i < n; ++i) {
-      auto r = relay::http_call("POST", "http://" + edge->address("ingest") + "/v1/streams/api/segments",
-                                "payload-" + std::to_string(i));
+      std::string payload = "payload-" + std::to_string(i);
+      payload.resize(std::max(size, payload.size()), '.');
+      auto r = relay::http_call("POST", "http://" + edge->address("ingest") + "/v1/streams/api/segments", payload);
       REQUIRE(r.has_value());
       REQUIRE(r->status == 201);
     }
   }
   std::int64_t total(const char* k) { return edge->status().at("totals").at(k).to_number<std::int64_t>(); }
+  std::string peer_error() {
+    auto st = edge->status();
+    return std::string(st.at("peers").as_array().at(0).at("last_error").as_string());
+  }
   template <class F>
   bool wait_until(F&& f) {
     for (int i = 0; i < 200; ++i) {
@@ -167,4 +190,32 @@ TEST_CASE("an https peer counts on the wire only what a POST wrote: nothing whil
       [&] { return f.edge->status().at("peers").as_array()[0].as_object().at("attempts").to_number<int>() >= 3; }));
   CHECK(sent() == one_post);
   CHECK(f.total("queued") == 1);
+}
+
+TEST_CASE("an ack that fails after a 2xx is retried, never by posting the batch again", "[e2e][https]") {
+  // The first POST is held until more segments are queued; then the edge's
+  // next commit, which is the ack of that POST, fails as on a full disk.
+  https_fixture f;
+  f.h.hold_first = true;
+  f.start_edge(5);
+  f.send(3);
+  auto& store = f.edge->store_for_test();
+  {
+    std::unique_lock lk(f.h.mu);
+    REQUIRE(f.h.cv.wait_for(lk, 10s, [&] { return f.h.posts >= 1; }));
+    f.h.on_release = [&] { store.fail_next_commits_for_test(1, ENOSPC); };
+    f.h.release = true;
+  }
+  f.h.cv.notify_all();
+  REQUIRE(f.wait_until([&] { return store.commit_faults_pending_for_test() == 0 && f.total("queued") == 0; }));
+  f.send(5);
+  REQUIRE(f.wait_until([&] { return f.total("delivered") == 8; }));
+  CHECK(f.peer_error().empty());
+  std::lock_guard lk(f.h.mu);
+  REQUIRE_FALSE(f.h.first_ids.empty());
+  for (auto& id : f.h.first_ids)
+    CHECK(f.h.ids.count(id) == 1); // posted once
+  CHECK(f.h.ids.size() == 8);
+  CHECK(std::set<std::string>(f.h.ids.begin(), f.h.ids.end()).size() == 8);
+  CHECK(f.total("loss") == 0);
 }
