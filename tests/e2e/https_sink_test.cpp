@@ -91,12 +91,10 @@ struct https_fixture {
     io.stop();
     t.join();
   }
-  // queue_extra: more [queue] lines.
-  void start_edge(int max_retry, const std::string& queue_extra = "") {
+  void start_edge(int max_retry) {
     auto q = [](const std::filesystem::path& x) { return "\"" + x.string() + "\""; };
     std::string toml = "[node]\nid = \"edge\"\ndata_dir = " + q(dir / "data") +
-                       "\n[evidence]\ncanary_interval = \"0s\"\n[queue]\n" + queue_extra +
-                       "max_retry = " + std::to_string(max_retry) +
+                       "\n[evidence]\ncanary_interval = \"0s\"\n[queue]\nmax_retry = " + std::to_string(max_retry) +
                        "\nretry_backoff = {initial = \"10ms\", max = \"20ms\", multiplier = 2.0, jitter = 0.0}\n"
                        "[ingest]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[peer]]\nname = "
                        "\"api\"\nurl = \"https://127.0.0.1:" +
@@ -111,11 +109,10 @@ struct https_fixture {
     edge = std::move(*n);
     REQUIRE(edge->start().has_value());
   }
-  void send(int n, std::size_t size = 0) {
+  void send(int n) {
     for (int i = 0; i < n; ++i) {
-      std::string payload = "payload-" + std::to_string(i);
-      payload.resize(std::max(size, payload.size()), '.');
-      auto r = relay::http_call("POST", "http://" + edge->address("ingest") + "/v1/streams/api/segments", payload);
+      auto r = relay::http_call("POST", "http://" + edge->address("ingest") + "/v1/streams/api/segments",
+                                "payload-" + std::to_string(i));
       REQUIRE(r.has_value());
       REQUIRE(r->status == 201);
     }
